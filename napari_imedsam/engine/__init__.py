@@ -1,0 +1,1 @@
+"""Engine (no Qt): predictor, embedding cache, preprocessing, rendering math."""

@@ -1,0 +1,108 @@
+"""Adapter files: only the tensors I-MedSAM trains, as safetensors, with the config and the backbone's
+identity in the metadata. Never unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import IMedSAMConfig
+from .imedsam import IMedSAM
+
+FORMAT = "imedsam-adapters-v1"
+
+
+class AdapterMismatchError(ValueError):
+    """The adapter file was made for another backbone or configuration."""
+
+
+def save_adapters(model: IMedSAM, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+    """Write the adapters atomically (temp file, then rename) so a crash never leaves a half file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.adapter_state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "config": model.config.to_json(),
+        "backbone": model.backbone_name,
+        "backbone_hash": model.backbone_hash,
+    }
+    for key, value in (extra or {}).items():
+        meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_adapter_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of an adapter file, with a clear error for anything that is not one."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Adapter file {path} does not exist.")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise ValueError(
+            f"{path} is not a readable safetensors adapter file ({type(exc).__name__}: {exc}). "
+            "It may be truncated, or a pickle (.pth/.pt), which is refused for safety; "
+            "adapters are saved by napari-imedsam as .safetensors."
+        ) from exc
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is a safetensors file but not an I-MedSAM adapter file (format "
+                         f"{meta.get('format')!r}, expected {FORMAT!r}).")
+    return tensors, meta
+
+
+def adapter_config(path: str | Path) -> IMedSAMConfig:
+    _, meta = read_adapter_file(path)
+    return IMedSAMConfig.from_json(meta["config"])
+
+
+def load_adapters(model: IMedSAM, path: str | Path) -> dict[str, str]:
+    """Load adapters into ``model``; refuses files made for another backbone, weights or configuration."""
+    tensors, meta = read_adapter_file(path)
+    cfg = IMedSAMConfig.from_json(meta["config"])
+    problems = []
+    if meta.get("backbone") != model.backbone_name:
+        problems.append(f"backbone: file {meta.get('backbone')!r} vs model {model.backbone_name!r}")
+    elif model.backbone_hash and meta.get("backbone_hash") and meta["backbone_hash"] != model.backbone_hash:
+        problems.append(f"backbone weights: file {meta['backbone_hash']} vs model {model.backbone_hash} "
+                        "(same backbone name, different checkpoint)")
+    problems += [f"config {d}" for d in cfg.architecture_differences(model.config)]
+    if problems:
+        raise AdapterMismatchError(
+            f"Adapters {path} were made for backbone {meta.get('backbone')!r} and cannot be loaded into "
+            f"this {model.backbone_name!r} model: " + "; ".join(problems)
+        )
+    own = model.adapter_state_dict()
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    bad_shape = [k for k in own if k in tensors and tuple(tensors[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad_shape:
+        raise AdapterMismatchError(
+            f"Adapters {path} do not match the model's tensors: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, wrong shape {bad_shape[:5]}."
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in tensors.items():
+            params[k].copy_(v.to(params[k].dtype))
+    # inference-only settings travel with the file
+    model.config = model.config.with_(mc_samples=cfg.mc_samples, topk=cfg.topk,
+                                      ugs_reference_grid=cfg.ugs_reference_grid)
+    return meta

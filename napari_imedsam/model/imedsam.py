@@ -1,0 +1,193 @@
+"""The I-MedSAM network: adapted encoder -> box features -> implicit decoder queried at any point."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import BackboneParts
+from .box_decoder import BoxDecoder, BoxFeatures
+from .config import IMedSAMConfig
+from .encoders import AdaptedTinyViTEncoder, AdaptedViTEncoder
+from .inr import CoarseINR, FineINR, positional_encoding, topk_uncertain
+
+PART_NAMES = ("lora", "fa", "decoder", "inr")
+
+
+class IMedSAM(nn.Module):
+    """Points are given in encoder-input pixels (x right, y down, pixel edges at integers) together with
+    ``valid_hw``, the size of the resized image inside the padded input. The INR sees the point relative to
+    the image (not the padding), so the same model renders any resolution or window of the image."""
+
+    def __init__(self, parts: BackboneParts, config: IMedSAMConfig):
+        super().__init__()
+        self.config = config
+        self.backbone_name = parts.name
+        self.backbone_hash = parts.weights_hash
+        self.image_size = parts.image_size
+        mean, std = torch.tensor(parts.pixel_mean), torch.tensor(parts.pixel_std)
+        wrapper = AdaptedViTEncoder if parts.kind == "vit" else AdaptedTinyViTEncoder
+        self.encoder = wrapper(parts.image_encoder, config, mean, std)
+        self.box_decoder = BoxDecoder(parts.prompt_encoder, parts.mask_decoder)
+        self.point_dim = (
+            self.box_decoder.upscaled_channels + self.box_decoder.pe_channels + 2 + 4 * config.pe_levels
+            + (2 if config.box_coords else 0) + 1
+        )
+        self.coarse = CoarseINR(self.point_dim, config.coarse_hidden, config.coarse_feature, config.dropout,
+                                zero_logit=config.residual)
+        self.fine = FineINR(self.point_dim + config.coarse_feature, config.fine_hidden, zero_out=config.residual)
+        self.set_trainable(PART_NAMES)
+
+    def train(self, mode: bool = True) -> IMedSAM:
+        """The frozen backbone always runs in eval mode (BatchNorm statistics and TinyViT's attention-bias
+        cache must not change); only the INR's dropout follows ``mode``."""
+        super().train(mode)
+        self.encoder.backbone.eval()
+        self.box_decoder.eval()
+        return self
+
+    # ---- parameters -------------------------------------------------------------------------------------
+    def named_part_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Trainable parts: LoRA, FA, decoder (SAM's output_upscaling) and the INR heads."""
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {k: [] for k in PART_NAMES}
+        for name, p in self.named_parameters():
+            if name.startswith("encoder.") and any(f".{s}" in name for s in ("q_a", "q_b", "v_a", "v_b")):
+                groups["lora"].append((name, p))
+            elif name.startswith(("encoder.fa.", "encoder.fa_embed.")):
+                groups["fa"].append((name, p))
+            elif name.startswith("box_decoder.mask_decoder.output_upscaling."):
+                groups["decoder"].append((name, p))
+            elif name.startswith(("coarse.", "fine.")):
+                groups["inr"].append((name, p))
+        return groups
+
+    def set_trainable(self, parts: tuple[str, ...] | list[str]) -> None:
+        unknown = set(parts) - set(PART_NAMES)
+        if unknown:
+            raise ValueError(f"Unknown trainable parts {sorted(unknown)}; choose from {PART_NAMES}.")
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for part, params in self.named_part_parameters().items():
+            for _, p in params:
+                p.requires_grad_(part in parts)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor I-MedSAM adds to or tunes in the backbone (what an adapter file stores)."""
+        return {n: p.detach() for params in self.named_part_parameters().values() for n, p in params}
+
+    def encoder_adapter_hash(self) -> str:
+        """Identity of the tensors that change the image embedding (LoRA, FA): the embedding cache key."""
+        digest = hashlib.sha256()
+        groups = self.named_part_parameters()
+        for name, p in groups["lora"] + groups["fa"]:
+            digest.update(name.encode())
+            digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    # ---- forward pieces ---------------------------------------------------------------------------------
+    def encode(self, images01: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images in [0, 1] (padded) -> image embedding (B, C, S/16, S/16)."""
+        return self.encoder(images01)
+
+    def decode_box(self, embedding: torch.Tensor, boxes: torch.Tensor) -> BoxFeatures:
+        """boxes (B, 4) xyxy in input pixels -> box-conditioned feature maps and SAM's own logit."""
+        return self.box_decoder(embedding, boxes)
+
+    def point_inputs(self, feats: BoxFeatures, points: torch.Tensor, valid_hw: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-point INR input (B, N, D) and the backbone's own logit at the point (B, N)."""
+        size = float(self.image_size)
+        grid = (points / size * 2.0 - 1.0).unsqueeze(2).to(feats.upscaled.dtype)  # (B, N, 1, 2)
+        maps = torch.cat([feats.upscaled, feats.lowres_logit], dim=1)
+        sampled = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        sampled = sampled.squeeze(-1).transpose(1, 2)  # (B, N, C_up + 1)
+        up, base = sampled[..., :-1], sampled[..., -1]
+        pe = self.box_decoder.positional_encoding(points / size).to(up.dtype)
+        hw = valid_hw.to(points.dtype)
+        p_img = points / hw[:, None, [1, 0]] * 2.0 - 1.0
+        parts = [up, pe, positional_encoding(p_img, self.config.pe_levels).to(up.dtype)]
+        if self.config.box_coords:
+            b = feats.boxes.to(points.dtype)
+            centre = (b[:, None, :2] + b[:, None, 2:]) / 2
+            half = ((b[:, None, 2:] - b[:, None, :2]) / 2).clamp_min(1.0)
+            parts.append(((points - centre) / half).to(up.dtype))
+        parts.append(torch.tanh(base / 4.0).unsqueeze(-1))
+        return torch.cat(parts, dim=-1), base
+
+    def _combine(self, base: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return base + delta if self.config.residual else delta
+
+    def mc_variance_of(self, x: torch.Tensor, base: torch.Tensor, seed: int | None = 0) -> torch.Tensor:
+        """Variance over ``mc_samples`` dropout passes of the coarse head's probability (fixed draws by
+        default, so inference is reproducible; ``seed=None`` draws fresh masks, as in training)."""
+        logits = self.coarse.mc_logits(x, self.config.mc_samples, seed=seed)
+        probs = torch.sigmoid(self._combine(base.unsqueeze(0), logits).float())
+        return probs.var(dim=0, unbiased=False)
+
+    def forward_train(self, images01: torch.Tensor | None, boxes: torch.Tensor, points: torch.Tensor,
+                      valid_hw: torch.Tensor, embedding: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
+        """Training pass: coarse logits at every point, fine logits at the top-K uncertain points.
+
+        ``embedding`` (from ``encode``) replaces ``images01`` when the encoder is frozen and cached."""
+        feats = self.decode_box(self.encode(images01) if embedding is None else embedding, boxes)
+        x, base = self.point_inputs(feats, points, valid_hw)
+        delta, feat = self.coarse(x, dropout=self.training)
+        out = {"coarse": self._combine(base, delta), "base": base}
+        if self.config.ugs:
+            with torch.no_grad():
+                var = self.mc_variance_of(x.detach(), base.detach(), seed=None)
+            idx = topk_uncertain(var, self.config.topk)
+            xs = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            fs = torch.gather(feat, 1, idx.unsqueeze(-1).expand(-1, -1, feat.shape[-1]))
+            bs = torch.gather(base, 1, idx)
+            out["fine"] = self._combine(bs, self.fine(torch.cat([xs, fs], dim=-1)))
+            out["fine_index"] = idx
+        return out
+
+    @torch.no_grad()
+    def query(self, feats: BoxFeatures, points: torch.Tensor, valid_hw: torch.Tensor,
+              threshold: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inference at points (B, N, 2): final logits, and the MC variance when UGS is on.
+
+        The fine head replaces the coarse logit where the variance reaches ``threshold`` (per image), the
+        top-K cut taken once per box on a reference grid, so a point's value does not depend on which
+        other points are rendered with it (any zoom, any window, adaptive or dense)."""
+        x, base = self.point_inputs(feats, points, valid_hw)
+        delta, feat = self.coarse(x, dropout=False)
+        logits = self._combine(base, delta)
+        if not self.config.ugs:
+            return logits, None
+        var = self.mc_variance_of(x, base)
+        if threshold is not None:
+            sel = var >= threshold.view(-1, 1)
+            if sel.any():
+                fine = self.fine(torch.cat([x[sel], feat[sel]], dim=-1))
+                logits = logits.clone()
+                logits[sel] = self._combine(base[sel], fine)
+        return logits, var
+
+    @torch.no_grad()
+    def uncertainty_threshold(self, feats: BoxFeatures, valid_hw: torch.Tensor) -> torch.Tensor | None:
+        """The top-K variance cut of each image, on a ``ugs_reference_grid``-sided grid over the image."""
+        if not self.config.ugs:
+            return None
+        n = self.config.ugs_reference_grid
+        out = []
+        for i in range(valid_hw.shape[0]):
+            h, w = (float(v) for v in valid_hw[i])
+            ys = (torch.arange(n, device=valid_hw.device, dtype=torch.float32) + 0.5) * h / n
+            xs = (torch.arange(n, device=valid_hw.device, dtype=torch.float32) + 0.5) * w / n
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            pts = torch.stack([gx, gy], dim=-1).reshape(1, -1, 2)
+            x, base = self.point_inputs(feats.index(i), pts, valid_hw[i : i + 1])
+            var = self.mc_variance_of(x, base)[0]
+            k = max(1, int(round(self.config.topk * var.numel())))
+            out.append(var.topk(k).values[-1].clamp_min(1e-12))
+        return torch.stack(out)
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

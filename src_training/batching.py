@@ -1,0 +1,224 @@
+"""Samples -> training tensors: the same ``prepare`` as inference, jittered boxes, query points and labels.
+
+Conventions (DESIGN.md "Training"):
+
+- The image goes through ``engine.preprocess.prepare`` with ``window=(0, 1)``: samples are already in
+  [0, 1] (windowed CT, /255 photos), so the window is the identity and nothing is re-normalised.
+- Boxes are made from the *original* mask (pixel-edge xyxy, jittered outwards by 0..``jitter`` px per side
+  in image pixels) and converted to encoder-input pixels with ``scale_yx`` (x uses ``scale_yx[1]``).
+- Points are in encoder-input pixels inside the valid (unpadded) region: ``points=None`` is every pixel
+  centre of the training grid ((j + 0.5, i + 0.5) for i < valid_h, j < valid_w); ``points=N`` is N uniform
+  continuous points. Labels are the ORIGINAL-resolution mask at the point's image-pixel location (nearest:
+  ``mask[floor(y / sy), floor(x / sx)]``), so targets keep the native resolution's sub-pixel detail.
+- Whole grids of images with different aspect ratios have different sizes: the batch is padded to the
+  largest N by repeating points with ``weight = 0`` (losses are weighted, so padding never counts).
+
+Randomness comes from one numpy Generator per sample slot, derived from (seed, step, micro-step, slot) by
+the trainer, so a batch does not depend on how it is sharded across processes, and resuming needs no state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from napari_imedsam.engine.preprocess import prepare
+
+from .data.boxes import box_from_mask
+from .data.sample import Sample
+
+UNIT_WINDOW = (0.0, 1.0)
+
+
+@dataclass
+class PreparedSample:
+    """One sample, resized and padded for the encoder, with its original-resolution mask."""
+
+    index: int  # position in the training sequence (embedding-cache key)
+    image: torch.Tensor  # (3, S, S) in [0, 1]
+    mask: np.ndarray  # HxW bool, original resolution
+    valid_hw: tuple[int, int]
+    scale_yx: tuple[float, float]
+
+
+@dataclass
+class Batch:
+    """Tensors for ``IMedSAM.forward_train`` plus targets; ``weights`` is 0 on padding points."""
+
+    images: torch.Tensor  # (B, 3, S, S)
+    boxes: torch.Tensor  # (B, 4) xyxy in input pixels
+    points: torch.Tensor  # (B, N, 2) (x, y) in input pixels
+    labels: torch.Tensor  # (B, N) float {0, 1}
+    weights: torch.Tensor  # (B, N) float {0, 1}
+    valid_hw: torch.Tensor  # (B, 2) float
+    indices: list[int]
+
+    def to(self, device: torch.device | str) -> Batch:
+        move = {k: getattr(self, k).to(device, non_blocking=True)
+                for k in ("images", "boxes", "points", "labels", "weights", "valid_hw")}
+        return Batch(**move, indices=self.indices)
+
+
+def prepare_sample(sample: Sample, size: int, index: int = -1) -> PreparedSample:
+    """Resize/pad ``sample.image`` exactly as inference does; keep the original mask for labels."""
+    mask = np.asarray(sample.mask, dtype=bool)
+    if mask.shape != np.shape(sample.image)[:2]:
+        raise ValueError(f"{sample.source}: mask {mask.shape} and image {np.shape(sample.image)} differ in size")
+    if not mask.any():
+        raise ValueError(f"{sample.source}: empty mask, nothing to segment")
+    prep = prepare(sample.image, size, window=UNIT_WINDOW)
+    return PreparedSample(index, prep.tensor[0], mask, prep.valid_hw, prep.scale_yx)
+
+
+def grid_points(valid_hw: tuple[int, int]) -> np.ndarray:
+    """Every pixel centre of the valid region, (N, 2) as (x, y) in input pixels, row-major."""
+    h, w = valid_hw
+    ys, xs = np.meshgrid(np.arange(h, dtype=np.float32) + 0.5, np.arange(w, dtype=np.float32) + 0.5,
+                         indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=-1)
+
+
+def random_points(valid_hw: tuple[int, int], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` uniform continuous points in the valid region, (n, 2) as (x, y) in input pixels."""
+    h, w = valid_hw
+    return (rng.random((n, 2)) * np.array([w, h])).astype(np.float32)
+
+
+def labels_at(mask: np.ndarray, points: np.ndarray, scale_yx: tuple[float, float]) -> np.ndarray:
+    """Nearest lookup of the original mask at input-pixel points: mask[floor(y / sy), floor(x / sx)]."""
+    h, w = mask.shape
+    col = np.clip(np.floor(points[:, 0] / scale_yx[1]).astype(np.int64), 0, w - 1)
+    row = np.clip(np.floor(points[:, 1] / scale_yx[0]).astype(np.int64), 0, h - 1)
+    return mask[row, col].astype(np.float32)
+
+
+def input_box(mask: np.ndarray, scale_yx: tuple[float, float], jitter: int,
+              rng: np.random.Generator | None) -> np.ndarray:
+    """The (jittered) box of ``mask`` in image pixels, converted to encoder-input pixels."""
+    box = box_from_mask(mask, jitter=jitter, rng=rng)
+    sy, sx = scale_yx
+    return (box * np.array([sx, sy, sx, sy], dtype=np.float32)).astype(np.float32)
+
+
+def collate(items: Sequence[PreparedSample], rngs: Sequence[np.random.Generator], jitter: int,
+            points: int | None) -> Batch:
+    """Stack prepared samples into a :class:`Batch` (see the module docstring for the conventions)."""
+    if len(items) != len(rngs) or not items:
+        raise ValueError("collate needs one rng per item and at least one item")
+    boxes, pts, labels = [], [], []
+    for item, rng in zip(items, rngs):
+        boxes.append(input_box(item.mask, item.scale_yx, jitter, rng))
+        p = grid_points(item.valid_hw) if points is None else random_points(item.valid_hw, points, rng)
+        pts.append(p)
+        labels.append(labels_at(item.mask, p, item.scale_yx))
+    n = max(len(p) for p in pts)
+    weights = np.zeros((len(items), n), dtype=np.float32)
+    for i, p in enumerate(pts):
+        weights[i, : len(p)] = 1.0
+        if len(p) < n:  # pad by repeating real points; weight 0 keeps them out of the loss
+            reps = np.resize(np.arange(len(p)), n)
+            pts[i], labels[i] = p[reps], labels[i][reps]
+    return Batch(
+        images=torch.stack([it.image for it in items]),
+        boxes=torch.from_numpy(np.stack(boxes)),
+        points=torch.from_numpy(np.stack(pts)),
+        labels=torch.from_numpy(np.stack(labels)),
+        weights=torch.from_numpy(weights),
+        valid_hw=torch.tensor([it.valid_hw for it in items], dtype=torch.float32),
+        indices=[it.index for it in items],
+    )
+
+
+def sample_rngs(seed: int, step: int, micro: int, slots: Sequence[int]) -> list[np.random.Generator]:
+    """One generator per slot of a global batch, a pure function of its coordinates (resume- and
+    shard-independent)."""
+    return [np.random.default_rng([int(seed), int(step), int(micro), int(s)]) for s in slots]
+
+
+# ---- data order ----------------------------------------------------------------------------------------
+def case_groups(samples: Sequence[Sample]) -> list[list[int]] | None:
+    """Sample positions grouped by case when the sequence knows its cases (datasets, subsets)."""
+    by_case = getattr(samples, "indices_by_case", None)
+    if by_case is None:
+        return None
+    return [list(v) for v in by_case().values()]
+
+
+class IndexStream:
+    """The endless, seeded sequence of training indices: epoch ``e`` is a permutation drawn from
+    ``default_rng([seed, e])``, so any position can be recomputed after a restart.
+
+    With ``groups`` (cases) of many samples each (CT volumes: reading one costs ~1 s), an epoch shuffles
+    the cases and then the samples within windows of ``window`` consecutive cases, so every volume is read
+    about once per epoch while batches still mix two volumes."""
+
+    def __init__(self, n: int, seed: int, groups: list[list[int]] | None = None, window: int = 2):
+        if n < 1:
+            raise ValueError("the training set is empty")
+        self.n, self.seed, self.window = int(n), int(seed), int(window)
+        grouped = groups is not None and len(groups) > 0 and n / len(groups) > 4
+        self.groups = groups if grouped else None
+        self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        if self.groups is None:
+            return rng.permutation(self.n)
+        cases = [self.groups[i] for i in rng.permutation(len(self.groups))]
+        out = []
+        for start in range(0, len(cases), self.window):
+            block = np.concatenate([np.asarray(c, dtype=np.int64) for c in cases[start : start + self.window]])
+            out.append(block[rng.permutation(len(block))])
+        return np.concatenate(out)
+
+    def take(self, position: int, count: int) -> list[int]:
+        """``count`` indices starting at global stream position ``position``."""
+        out = []
+        while len(out) < count:
+            epoch, offset = divmod(position + len(out), self.n)
+            if epoch != self._epoch:
+                self._epoch, self._order = epoch, self.epoch_order(epoch)
+            out.extend(int(i) for i in self._order[offset : offset + count - len(out)])
+        return out
+
+
+class PreparedView(torch.utils.data.Dataset):
+    """Map-style view used by the (optional) DataLoader workers: index -> PreparedSample."""
+
+    def __init__(self, samples: Sequence[Sample], size: int):
+        self.samples, self.size = samples, int(size)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> PreparedSample:
+        return prepare_sample(self.samples[index], self.size, index)
+
+
+def _identity(batch):
+    return batch
+
+
+def prepared_batches(samples: Sequence[Sample], size: int, index_lists: Iterator[list[int]],
+                     workers: int = 0) -> Iterator[list[PreparedSample]]:
+    """Prepared samples for each index list, in order; ``workers > 0`` loads them in background
+    processes (a torch DataLoader), which matters for datasets that decode files on access."""
+    view = PreparedView(samples, size)
+    if workers <= 0:
+        for idx in index_lists:
+            yield [view[i] for i in idx]
+        return
+    loader = torch.utils.data.DataLoader(view, batch_sampler=_Sampler(index_lists), num_workers=workers,
+                                         collate_fn=_identity, persistent_workers=False, prefetch_factor=2)
+    yield from loader
+
+
+class _Sampler(torch.utils.data.Sampler):
+    def __init__(self, index_lists: Iterator[list[int]]):
+        self.index_lists = index_lists
+
+    def __iter__(self):
+        return iter(self.index_lists)

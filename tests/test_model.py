@@ -1,0 +1,170 @@
+"""I-MedSAM model: identity at initialisation, what trains, parameter counts, INR pieces."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from napari_imedsam.model import build_model, default_config
+from napari_imedsam.model.backbones import build_backbone, build_tiny, resize_sam_state
+from napari_imedsam.model.inr import positional_encoding, topk_uncertain
+
+
+def _plain_encoder(name: str, size: int):
+    parts = build_backbone(name, size)
+    for m in (parts.image_encoder, parts.prompt_encoder, parts.mask_decoder):
+        m.eval()
+    return parts
+
+
+def _plain_embedding(parts, images01):
+    mean = torch.tensor(parts.pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(parts.pixel_std).view(1, 3, 1, 1)
+    return parts.image_encoder((images01 - mean) / std)
+
+
+@pytest.mark.parametrize("name", ["tiny", pytest.param("litemedsam", marks=pytest.mark.slow)])
+def test_adapted_encoder_equals_backbone_at_init(name):
+    cfg = default_config(name)
+    model = build_model(cfg)
+    plain = _plain_encoder(name, cfg.image_size)
+    images = torch.rand(1, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        adapted = model.encode(images)
+        reference = _plain_embedding(plain, images)
+    assert adapted.shape == reference.shape
+    assert torch.equal(adapted, reference)
+
+
+def test_adapters_change_the_encoder_once_trained():
+    model = build_model(default_config("tiny"))
+    images = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        before = model.encode(images)
+        for _, p in model.named_part_parameters()["lora"] + model.named_part_parameters()["fa"]:
+            p.add_(0.05 * torch.randn_like(p))
+        after = model.encode(images)
+    assert not torch.allclose(before, after)
+
+
+def test_fresh_residual_model_predicts_backbone_logit():
+    model = build_model(default_config("tiny"))
+    plain = _plain_encoder("tiny", 128)
+    images = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    box = torch.tensor([[20.0, 30.0, 90.0, 100.0]])
+    with torch.no_grad():
+        emb = _plain_embedding(plain, images)
+        sparse, dense = plain.prompt_encoder(points=None, boxes=box, masks=None)
+        low, _ = plain.mask_decoder(emb, plain.prompt_encoder.get_dense_pe(), sparse, dense, False)
+        feats = model.decode_box(model.encode(images), box)
+        pts = torch.rand(1, 500, 2, generator=torch.Generator().manual_seed(3)) * 128
+        valid = torch.tensor([[128.0, 128.0]])
+        logits, _ = model.query(feats, pts, valid, model.uncertainty_threshold(feats, valid))
+        grid = (pts / 128 * 2 - 1).unsqueeze(2)
+        expected = torch.nn.functional.grid_sample(low, grid, mode="bilinear", padding_mode="border",
+                                                   align_corners=False)[0, 0, :, 0]
+    assert torch.allclose(logits[0], expected, atol=1e-5)
+
+
+def test_optimizer_step_changes_only_adapters():
+    model = build_model(default_config("tiny", residual=False))
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    parts = model.named_part_parameters()
+    assert trainable == {n for group in parts.values() for n, _ in group}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    out = model.forward_train(torch.rand(2, 3, 128, 128), torch.tensor([[10.0, 10, 60, 70], [30, 20, 100, 90]]),
+                              torch.rand(2, 256, 2) * 128, torch.tensor([[128.0, 128], [128, 128]]))
+    loss = out["coarse"].pow(2).mean() + out["fine"].pow(2).mean()
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    changed = {k for k in frozen if not torch.equal(frozen[k], after[k])}
+    assert changed, "nothing trained"
+    assert changed <= trainable
+    assert any(".q_b" in k or ".v_b" in k for k in changed)  # LoRA
+    assert any(k.startswith("encoder.fa.") for k in changed)  # frequency adapter
+    assert any("output_upscaling" in k for k in changed)  # decoder part
+    for k in frozen.keys() - trainable:
+        assert torch.equal(frozen[k], after[k]), f"frozen tensor {k} changed"
+
+
+def test_litemedsam_backbone_frozen_in_train_mode():
+    """TinyViT has BatchNorm: train() must not let batch statistics leak into the frozen backbone."""
+    model = build_model(default_config("litemedsam"))
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    model.train()
+    with torch.no_grad():
+        model.encode(torch.rand(1, 3, 256, 256))
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in buffers.items())
+
+
+def test_sam_vit_b_trainable_parameter_count_matches_paper():
+    counts = {}
+    for name in ("sam_vit_b", "sam_vit_h", "litemedsam", "tiny"):
+        device = "meta" if name.startswith("sam") else "cpu"  # TinyViT's constructor needs real tensors
+        counts[name] = build_model(default_config(name), device=device).trainable_parameter_count()
+    assert abs(counts["sam_vit_b"] - 1.6e6) <= 0.25 * 1.6e6, counts
+    assert counts["tiny"] < counts["litemedsam"] < counts["sam_vit_b"]
+
+
+@pytest.mark.parametrize("size", [256, 384, 512])
+def test_vit_any_input_size_resizes_position_tables(size):
+    source = build_tiny(image_size=128)
+    target = build_tiny(image_size=size, seed=5)
+    state = resize_sam_state(source.image_encoder.state_dict(), target.image_encoder.state_dict())
+    target.image_encoder.load_state_dict(state)  # strict: every resized shape fits
+    assert target.image_encoder.pos_embed.shape[1] == size // 16
+    cfg = default_config("tiny", image_size=size)
+    model = build_model(cfg)
+    with torch.no_grad():
+        emb = model.encode(torch.rand(1, 3, size, size))
+    assert emb.shape[-1] == size // 16
+
+
+def test_positional_encoding_values():
+    p = torch.tensor([[0.25, -0.5]])
+    enc = positional_encoding(p, levels=3)
+    assert enc.shape == (1, 2 + 4 * 3)
+    assert torch.allclose(enc[0, :2], p[0])
+    # layout: for each coordinate, sin at 2^k pi for k=0..2, then cos at the same frequencies
+    sins = enc[0, 2:].view(2, 6)[:, :3]
+    coss = enc[0, 2:].view(2, 6)[:, 3:]
+    for c, value in enumerate((0.25, -0.5)):
+        for k in range(3):
+            assert math.isclose(sins[c, k].item(), math.sin(2**k * math.pi * value), abs_tol=1e-6)
+            assert math.isclose(coss[c, k].item(), math.cos(2**k * math.pi * value), abs_tol=1e-6)
+
+
+def test_ugs_picks_exactly_the_top_k_percent():
+    var = torch.rand(3, 800, generator=torch.Generator().manual_seed(0))
+    idx = topk_uncertain(var, 0.125)
+    assert idx.shape == (3, 100)
+    for b in range(3):
+        chosen = set(idx[b].tolist())
+        threshold = var[b].sort(descending=True).values[99]
+        assert chosen == set(torch.nonzero(var[b] >= threshold).flatten().tolist())
+    model = build_model(default_config("tiny", topk=0.25))
+    model.train()
+    out = model.forward_train(torch.rand(1, 3, 128, 128), torch.tensor([[10.0, 10, 60, 70]]),
+                              torch.rand(1, 400, 2) * 128, torch.tensor([[128.0, 128]]))
+    assert out["fine"].shape == (1, 100) and out["fine_index"].unique().numel() == 100
+
+
+def test_mc_dropout_passes_differ_in_eval_mode():
+    model = build_model(default_config("tiny", residual=False)).eval()
+    x = torch.randn(1, 64, model.point_dim)
+    a = model.coarse.mc_logits(x, 4, seed=None)
+    b = model.coarse.mc_logits(x, 4, seed=None)
+    assert not model.training
+    assert not torch.allclose(a[0], a[1])  # passes within one call differ
+    assert not torch.allclose(a, b)  # fresh draws differ
+    base = torch.zeros(1, 64)
+    var = model.mc_variance_of(x, base)
+    assert (var > 0).all()
+    # the inference default is a fixed draw: reproducible uncertainty
+    assert torch.equal(model.mc_variance_of(x, base), var)
