@@ -96,6 +96,17 @@ def test_unwritable_folder(tmp_path):
         folder.chmod(0o700)
 
 
+def test_unwritable_folder_reported(tmp_path, monkeypatch):
+    import napari_imedsam.engine.project as project_module
+
+    def refuse(*_a, **_k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(project_module.tempfile, "mkstemp", refuse)
+    with pytest.raises(ProjectError, match="not writable.*Permission denied"):
+        Project(tmp_path)
+
+
 def test_unwritable_folder_via_file(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ProjectError, match="is a file"):
@@ -180,3 +191,44 @@ def test_rgb_slices_and_2d(tmp_path):
     image, mask = project.load_pair(pair)
     assert image.dtype == np.uint8 and image.shape == (32, 32, 3) and mask.sum() == 256
     assert project.summary() == "1 pair: photo / Labels, 2-D"
+
+
+def test_empty_mask_is_refused(tmp_path):
+    project = Project(tmp_path)
+    with pytest.raises(ProjectError, match="empty"):
+        project._write_pair(np.zeros((8, 8), bool), "CT", "Labels", (0,), 1, None, "images/x.npz", None)
+    assert project.pairs == []
+
+
+# ---- the fine-tuning glue that needs no model -------------------------------------------------------------
+def test_held_out_split_is_by_slice_and_stable(tmp_path):
+    from napari_imedsam.engine.finetune import box_jitter, split_held_out
+
+    project = Project(tmp_path)
+    for z in range(10):
+        image, labels = _slice(z, ids=(1, 2))
+        project.add_slice(image, labels, "CT", "Labels", (z,))
+    train, held = split_held_out(project.pairs, 0.2)
+    assert len(held) == 4 and len(train) == 16  # 2 of 10 slices, both objects of each
+    assert not {p.case_id for p in train} & {p.case_id for p in held}
+    # adding slices later keeps most old held-out slices held out (hash order, not position)
+    image, labels = _slice(99)
+    project.add_slice(image, labels, "CT", "Labels", (10,))
+    _, held2 = split_held_out(project.pairs, 0.2)
+    assert {p.case_id for p in held} & {p.case_id for p in held2}
+    # one slice only: nothing can be held out; everything held out is impossible
+    one = [p for p in project.pairs if p.slice == (0,)]
+    assert split_held_out(one, 0.5) == (one, [])
+    assert len(split_held_out(project.pairs, 0.99)[0]) == 2  # at least one slice stays for training
+    assert box_jitter(project.pairs) == 3 and box_jitter([]) == 20
+
+
+def test_settings_are_checked():
+    from napari_imedsam.engine.finetune import FinetuneError, FinetuneSettings
+
+    cases = ((dict(steps=0), "at least one"), (dict(lr=0.0), "learning rate"), (dict(parts=()), "at least one part"),
+             (dict(parts=("lora", "x")), "Unknown parts"), (dict(held_out=1.0), "held-out"))
+    for bad, msg in cases:
+        with pytest.raises(FinetuneError, match=msg):
+            FinetuneSettings(**bad).check()
+    FinetuneSettings().check()

@@ -15,20 +15,32 @@ closed viewer loses nothing that was added. Pure Python + numpy: no Qt, no torch
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from .project_files import (  # noqa: F401 - re-exported: the project API in one place
+    AddReport,
+    PairInfo,
+    VersionInfo,
+    atomic_write_bytes,
+    default_project_dir,
+    now,
+    npz_bytes,
+    ranges_text,
+    safe_name,
+    safetensors_metadata,
+    user_projects_root,
+)
 
 MANIFEST = "project.json"
 FORMAT = "napari-imedsam-project"
@@ -37,155 +49,6 @@ FORMAT_VERSION = 1
 
 class ProjectError(Exception):
     """A project folder cannot be used or a pair cannot be added; the message says why and what to do."""
-
-
-def user_projects_root() -> Path:
-    """``<user data dir>/napari-imedsam/projects``: where projects go when the image has no folder."""
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("napari-imedsam")) / "projects"
-
-
-def safe_name(text: str) -> str:
-    """A file-system friendly version of a layer name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or "project"
-
-
-def default_project_dir(image_name: str, image_path: str | os.PathLike | None = None) -> Path:
-    """Beside the image file when it has one (``<dir>/<stem>_imedsam``), else in the user data dir."""
-    if image_path:
-        p = Path(image_path)
-        stem = p.name.split(".")[0] if p.is_file() else p.name
-        return p.parent / f"{safe_name(stem)}_imedsam"
-    return user_projects_root() / safe_name(image_name)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers only ever see the old or the complete new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _npz_bytes(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
-def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file, read from its JSON header (no torch needed)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path} is too short to be a safetensors file.")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100 * 2**20:
-            raise ValueError(f"{path} has an implausible safetensors header ({n} bytes).")
-        header = json.loads(f.read(n))
-    return dict(header.get("__metadata__") or {})
-
-
-@dataclass(frozen=True)
-class PairInfo:
-    """One training pair: object ``label_id`` of ``labels_layer`` on one slice of ``image_layer``."""
-
-    id: str
-    image_layer: str
-    labels_layer: str
-    slice: tuple[int, ...]  # indices of the leading (non-spatial) axes; () for a 2-D image
-    label_id: int
-    shape: tuple[int, int]
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 (pixel edges), from the mask
-    area: int
-    window: tuple[float, float] | None
-    image_file: str  # relative to the project folder
-    file: str
-    added: str = ""
-
-    @property
-    def key(self) -> tuple:
-        return (self.image_layer, self.labels_layer, self.slice, self.label_id)
-
-    @property
-    def case_id(self) -> str:
-        """Pairs on one slice share a case: held-out splits never separate them."""
-        return f"{self.image_layer}{list(self.slice)}"
-
-    def describe(self) -> str:
-        where = f"slice {', '.join(map(str, self.slice))}" if self.slice else "2-D"
-        return f"{self.image_layer} {where}, label {self.label_id} ({self.area} px)"
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> PairInfo:
-        return cls(
-            id=str(d["id"]), image_layer=str(d["image_layer"]), labels_layer=str(d["labels_layer"]),
-            slice=tuple(int(v) for v in d["slice"]), label_id=int(d["label_id"]),
-            shape=tuple(int(v) for v in d["shape"]), box=tuple(float(v) for v in d["box"]),
-            area=int(d["area"]), window=None if d.get("window") is None else tuple(float(v) for v in d["window"]),
-            image_file=str(d["image_file"]), file=str(d["file"]), added=str(d.get("added", "")),
-        )
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """One adapters file of the project (``kind``: "start", "trained" or "imported")."""
-
-    version: int
-    file: str
-    created: str
-    kind: str
-    backbone: str = ""
-    pairs: int = 0
-    dice_before: float | None = None
-    dice_after: float | None = None
-    steps: int = 0
-    parts: tuple[str, ...] = ()
-    sha: str = ""
-    note: str = ""
-
-    def label(self) -> str:
-        dice = f", Dice {self.dice_after:.3f}" if self.dice_after is not None else ""
-        return f"v{self.version} ({self.kind}, {self.created[:16].replace('T', ' ')}{dice})"
-
-    @classmethod
-    def from_json(cls, d: dict) -> VersionInfo:
-        def num(v):
-            return None if v in (None, "", "null") else float(v)
-
-        return cls(version=int(d["version"]), file=str(d["file"]), created=str(d.get("created", "")),
-                   kind=str(d.get("kind", "trained")), backbone=str(d.get("backbone", "")),
-                   pairs=int(d.get("pairs") or 0), dice_before=num(d.get("dice_before")),
-                   dice_after=num(d.get("dice_after")), steps=int(d.get("steps") or 0),
-                   parts=tuple(json.loads(d["parts"]) if isinstance(d.get("parts"), str) else d.get("parts", ())),
-                   sha=str(d.get("sha", "")), note=str(d.get("note", "")))
-
-
-@dataclass
-class AddReport:
-    """What adding one slice did."""
-
-    added: list[PairInfo] = field(default_factory=list)
-    updated: list[PairInfo] = field(default_factory=list)
-    removed: list[PairInfo] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return f"{len(self.added)} added, {len(self.updated)} updated, {len(self.removed)} removed"
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 class Project:
@@ -207,7 +70,7 @@ class Project:
             raise ProjectError(f"{self.root} is a file, not a folder; choose a folder for the project.")
         self._check_writable()
         self._data: dict = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": name or self.root.name,
-                            "created": _now(), "pairs": [], "versions": [], "active": None, "timing": {}}
+                            "created": now(), "pairs": [], "versions": [], "active": None, "timing": {}}
         self._load_and_validate()
 
     # ---- opening -----------------------------------------------------------------------------------------
@@ -274,11 +137,13 @@ class Project:
             if rel not in found:
                 self.problems.append(f"Pair {entry.get('image_layer', '?')} {entry.get('slice', '')} label "
                                      f"{entry.get('label_id', '?')} lost its file; dropped it.")
-        pairs = sorted(found.values(), key=lambda p: (p.added, p.id))
+        order = {rel: i for i, rel in enumerate(listed)}  # manifest order, then recovered files by time
+        pairs = sorted(found.values(), key=lambda p: (order.get(p.file, len(order)), p.added, p.id))
         newest: dict[tuple, PairInfo] = {}
         for p in pairs:  # one pair per (layers, slice, label): the newest wins
-            newest[p.key] = p
-        return list(newest.values())
+            if p.key not in newest or p.added >= newest[p.key].added:
+                newest[p.key] = p
+        return [p for p in pairs if newest[p.key] is p]
 
     def _validate_versions(self, stored: dict | None) -> list[VersionInfo]:
         found: dict[str, VersionInfo] = {}
@@ -372,7 +237,7 @@ class Project:
         rel = f"images/{digest.hexdigest()[:20]}.npz"
         if not (self.root / rel).is_file():
             win = np.array(window if window is not None else [np.nan, np.nan], dtype=np.float64)
-            self._write(rel, _npz_bytes(image=np.ascontiguousarray(image), window=win))
+            self._write(rel, npz_bytes(image=np.ascontiguousarray(image), window=win))
         return rel
 
     def _write_pair(self, mask: np.ndarray, image_layer: str, labels_layer: str, slice_index: tuple[int, ...],
@@ -386,9 +251,9 @@ class Project:
             label_id=label_id, shape=tuple(mask.shape), area=int(mask.sum()),
             box=(float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)),
             window=None if window is None else (float(window[0]), float(window[1])),
-            image_file=image_file, file=f"pairs/{pair_id}.npz", added=_now(),
+            image_file=image_file, file=f"pairs/{pair_id}.npz", added=now(),
         )
-        self._write(info.file, _npz_bytes(mask=np.packbits(mask), meta=np.array(json.dumps(info.to_json()))))
+        self._write(info.file, npz_bytes(mask=np.packbits(mask), meta=np.array(json.dumps(info.to_json()))))
         return info
 
     def _write(self, rel: str, data: bytes) -> None:
@@ -438,7 +303,7 @@ class Project:
             groups.setdefault((p.image_layer, p.labels_layer), set()).add(p.slice)
         parts = []
         for (img, lab), slices in groups.items():
-            where = "2-D" if slices == {()} else f"slices {_ranges(sorted(s[-1] for s in slices if s))}"
+            where = "2-D" if slices == {()} else f"slices {ranges_text(sorted(s[-1] for s in slices if s))}"
             parts.append(f"{img} / {lab}, {where}")
         return f"{len(pairs)} pair{'s' if len(pairs) != 1 else ''}: " + "; ".join(parts)
 
@@ -468,13 +333,14 @@ class Project:
             numbers = [v.version for v in self.versions]
             numbers += [int(m.group(1)) for f in (self.root / "adapters").glob("v*.safetensors")
                         if (m := re.match(r"v(\d+)", f.name))]
+            (self.root / "adapters").mkdir(exist_ok=True)
             return self.root / "adapters" / f"v{max(numbers, default=0) + 1:03d}.safetensors"
 
     def record_version(self, path: str | os.PathLike, activate: bool = False, **info) -> VersionInfo:
         """Add an adapters file already written into ``adapters/`` to the manifest."""
         path = Path(path)
         number = int(re.match(r"v(\d+)", path.name).group(1))
-        entry = VersionInfo.from_json({"created": _now(), **info, "version": number,
+        entry = VersionInfo.from_json({"created": now(), **info, "version": number,
                                        "file": f"adapters/{path.name}"})
         with self._lock:
             self._data["versions"] = [v for v in self._data["versions"] if v["version"] != number]
@@ -516,16 +382,3 @@ class Project:
         with self._lock:
             self._data.setdefault("timing", {})[key] = round(float(seconds), 4)
             self._save_manifest()
-
-
-def _ranges(values: list[int]) -> str:
-    """[1, 2, 3, 7] -> "1-3, 7"."""
-    out, start, prev = [], None, None
-    for v in values + [None]:
-        if start is not None and (v is None or v != prev + 1):
-            out.append(str(start) if start == prev else f"{start}-{prev}")
-            start = None
-        if v is not None and start is None:
-            start = v
-        prev = v
-    return ", ".join(out)
