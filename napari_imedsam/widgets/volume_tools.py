@@ -1,0 +1,271 @@
+"""Longer actions of the Segment widget: 3-D propagation, contour tracing, uncertainty overlay and mask
+export. Each runs the engine in a worker and touches layers only on the GUI thread."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import QTimer
+
+from ..engine.contours import object_polygons
+from ..engine.history import paste_mask
+from ..engine.propagate import PropagationSettings, propagate
+from ..engine.refine import refine_slice
+from ..engine.viewport import region_transform
+from .layers import displayed_geometry, has_plain_transform, image_hw, label_color, layer_alive, n_slices
+
+if TYPE_CHECKING:
+    from .segment_widget import SegmentWidget
+
+NIFTI_KEYS = ("affine", "ornt", "source_shape", "zyx_shape", "display_axes")
+
+
+class VolumeTools:
+    def __init__(self, widget: SegmentWidget):
+        self.w = widget
+        self.propagation = None  # the running propagation worker
+        self.last_propagation: dict | None = None
+        self._unc_key = None  # (image, slice, window, model) the uncertainty overlay shows
+        self.unc_timer = QTimer(widget)  # debounce: scrolling through slices asks once
+        self.unc_timer.setSingleShot(True)
+        self.unc_timer.setInterval(200)
+        self.unc_timer.timeout.connect(self.update_uncertainty)
+        widget.workers.timers.append(self.unc_timer)
+
+    # ---- propagation ------------------------------------------------------------------------------------
+    def propagate(self, directions: tuple[int, ...] = (1, -1), limit: int | None = None,
+                  settings: PropagationSettings | None = None) -> None:
+        w = self.w
+        sess = w.session()
+        if sess is None or not w.ensure_model():
+            return
+        if not sess.volume:
+            w.notifier.warning("Propagation needs a 3-D image (a stack or CT volume); this one is 2-D.")
+            return
+        if self.propagation is not None:
+            w.notifier.warning("A propagation is already running; cancel it first.")
+            return
+        obj = w.current_object()
+        z0 = w.current_slice()
+        if obj is None or sess.labels is None or not (np.asarray(sess.labels.data[z0]) == obj.label).any():
+            w.notifier.warning(f"No committed mask of the current object on slice {z0}: draw a box on this "
+                               "slice first (or go to the slice where the object was segmented).")
+            return
+        label, seed = obj.label, np.asarray(sess.labels.data[z0]) == obj.label
+        settings = settings or PropagationSettings(limit=limit if limit else None)
+        nz = n_slices(sess.image)
+
+        seg, window = w.segmenter, w.current_window()  # read on the GUI thread, used in the worker
+
+        def segment(z, box):
+            return seg.full_logits(w.slice_image(sess.image, z, window), box)
+
+        def model_view(z):
+            return seg.model_image(w.slice_image(sess.image, z, window))
+
+        def work():
+            reasons = {}
+            for d in directions:
+                reasons[d] = yield from propagate(segment, z0, seed, nz, d, settings, image=model_view)
+            return reasons
+
+        group = uuid.uuid4().hex
+        done: list[int] = []
+
+        def on_step(step) -> None:
+            if not layer_alive(w.viewer, sess.labels):
+                return
+            o = sess.store.new(label, step.box, step.slice)
+            index = (step.slice, slice(None), slice(None))
+            new = paste_mask(np.asarray(sess.labels.data[index]), step.mask, label, replace_label=True)
+            sess.history.commit(sess.labels.data, index, new, meta={"added": [o]}, group=group)
+            sess.store.add([o])
+            done.append(step.slice)
+            sess.labels.refresh()
+            w.ui.progress.setValue(len(done))
+
+        def on_return(reasons) -> None:
+            self.last_propagation = {"label": label, "slices": sorted(done), "reasons": reasons}
+            span = f"slices {min(done)}-{max(done)}" if done else "no slice"
+            why = "; ".join(f"{'up' if d > 0 else 'down'}: {r}" for d, r in reasons.items())
+            w.notifier.info(f"Propagated {w.book.name_of(label)} (label {label}) to {span} ({why}).")
+
+        def on_finish() -> None:
+            self.propagation = None
+            w.ui.progress.setVisible(False)
+            w.ui.cancel.setEnabled(False)
+            if self.last_propagation is None or self.last_propagation.get("label") != label:
+                self.last_propagation = {"label": label, "slices": sorted(done), "reasons": "cancelled"}
+            w.hires.request()
+
+        total = (settings.limit or nz) * len(directions)
+        w.ui.progress.setRange(0, total)
+        w.ui.progress.setValue(0)
+        w.ui.progress.setVisible(True)
+        w.ui.cancel.setEnabled(True)
+        self.last_propagation = None
+        self.propagation = w.workers.start(work, desc=f"Propagating label {label}", total=total,
+                                           on_yield=on_step, on_return=on_return, on_finish=on_finish)
+
+    def cancel(self) -> None:
+        if self.propagation is not None:
+            self.propagation.quit()
+            self.w.notifier.info("Propagation cancelled; the slices done so far are kept (Ctrl+Z undoes them).")
+
+    # ---- contours -----------------------------------------------------------------------------------------
+    def trace_contours(self, factor: int = 4) -> None:
+        w = self.w
+        sess = w.session()
+        if sess is None or not w.ensure_model():
+            return
+        z = w.current_slice()
+        objects = sess.store.on_slice(z)
+        if not objects:
+            w.notifier.warning("No objects on this slice to trace: draw a box first.")
+            return
+        src, hw, seg = w.slice_image(sess.image, z), image_hw(sess.image), w.segmenter
+
+        def work():
+            out = []
+            for obj in objects:
+                def render(region, shape, obj=obj):
+                    return seg.render_prob(src, obj.box, region, shape)
+
+                out.append((obj, object_polygons(render, obj.box, hw, factor)))
+            return out
+
+        def on_return(result) -> None:
+            polys, colors, labels = [], [], []
+            for obj, plist in result:
+                for p in plist:
+                    polys.append(p if z is None else np.column_stack([np.full(len(p), z, float), p]))
+                    colors.append(label_color(sess.labels, obj.label))
+                    labels.append(obj.label)
+            if not polys:
+                w.notifier.warning("The objects on this slice have no outline (empty masks).")
+                return
+            layer = self._contour_layer(sess)
+            layer.add(polys, shape_type="polygon", edge_color=colors, face_color=[0, 0, 0, 0], edge_width=0.3)
+            feats = layer.features
+            feats.loc[feats.index[-len(labels):], "label"] = labels
+            layer.features = feats
+            w.notifier.info(f"Traced {len(polys)} outline(s) at {factor}x into '{layer.name}'.")
+
+        w.workers.start(work, desc=f"Tracing contours at {factor}x", on_return=on_return)
+
+    def _contour_layer(self, sess):
+        if layer_alive(self.w.viewer, sess.contours):
+            return sess.contours
+        nd = 3 if sess.volume else 2
+        s = tuple(sess.image.scale[-nd:])
+        t = tuple(sess.image.translate[-nd:])
+        sess.contours = self.w.add_layer(sess, self.w.viewer.add_shapes, ndim=nd, name=f"{sess.image.name} contours",
+                                         scale=s, translate=t, features={"label": np.zeros(0, int)})
+        self.w.arrange_layers(sess)
+        return sess.contours
+
+    # ---- uncertainty ----------------------------------------------------------------------------------------
+    def hide_stale_uncertainty(self) -> None:
+        sess = self.w.session()
+        if sess is not None and layer_alive(self.w.viewer, sess.uncertainty) and sess.uncertainty.visible:
+            key = self.w.content_key(sess, self.w.current_slice())
+            if self._unc_key is None or (*key[:3], key[-1]) != self._unc_key:
+                sess.uncertainty.visible = False
+
+    def update_uncertainty(self) -> None:
+        w = self.w
+        self.hide_stale_uncertainty()
+        sess = w.session()
+        if sess is None or not w.ui.uncertainty.isChecked():
+            if sess is not None and layer_alive(w.viewer, sess.uncertainty):
+                sess.uncertainty.visible = False
+            return
+        obj = w.current_object()
+        if obj is None or w.segmenter is None or not has_plain_transform(sess.image):
+            return
+        if not w.segmenter.predictor.model.config.ugs:
+            w.notifier.warning("This model has uncertainty-guided sampling switched off: no variance to show.")
+            return
+        z = w.current_slice()
+        src = w.slice_image(sess.image, z)
+        key = w.content_key(sess, z)
+
+        def on_return(result) -> None:
+            var, view = result
+            if key != w.content_key(sess, w.current_slice()):
+                return  # stale
+            scale, translate = displayed_geometry(sess.image)
+            s, t = region_transform(view.region, view.out_shape, scale, translate)
+            hi = float(var.max()) if var.max() > 0 else 1e-6
+            if not layer_alive(w.viewer, sess.uncertainty):
+                sess.uncertainty = w.add_layer(sess, w.viewer.add_image, var, name=f"{sess.image.name} uncertainty",
+                                               colormap="inferno", blending="additive", opacity=0.8,
+                                               contrast_limits=(0, hi))
+                w.arrange_layers(sess)
+            layer = sess.uncertainty
+            layer.data = var
+            layer.scale, layer.translate = s, t
+            layer.contrast_limits = (0.0, hi)
+            layer.visible = True
+            self._unc_key = (*key[:3], key[-1])
+            w.show_status(f"uncertainty of label {obj.label}: max variance {var.max():.3g}")
+
+        w.workers.start(w.segmenter.uncertainty, src, obj.box, desc="Uncertainty (MC dropout)",
+                        on_return=on_return)
+
+    # ---- export -----------------------------------------------------------------------------------------
+    def export(self, path: str | Path, factor: int = 1) -> None:
+        """Write the masks of the selected image at ``factor`` x to ``path`` (.tif/.tiff or .nii/.nii.gz)."""
+        from ..io.export import write_labels_nifti, write_labels_tiff
+
+        w = self.w
+        sess = w.session()
+        path = Path(path)
+        if sess is None or sess.labels is None:
+            w.notifier.warning("Nothing to export: no masks yet for this image.")
+            return
+        name = path.name.lower()
+        nifti = name.endswith((".nii", ".nii.gz"))
+        if not nifti and not name.endswith((".tif", ".tiff")):
+            w.notifier.error(f"Cannot export to {path.name}: use a .tif/.tiff or .nii/.nii.gz file name.")
+            return
+        meta = dict(sess.image.metadata or {})
+        if nifti and any(k not in meta for k in NIFTI_KEYS):
+            w.notifier.error(f"'{sess.image.name}' did not come from a NIfTI/DICOM file (no affine in its "
+                             "metadata): export it as TIFF instead.")
+            return
+        if factor > 1 and not w.ensure_model():
+            return
+        labels = np.array(sess.labels.data, copy=True)
+        objects = list(sess.store.objects)
+        seg, window = w.segmenter, w.current_window()
+        volume = sess.volume
+        spacing = [float(s) for s in sess.image.scale] if "source_format" in meta else None
+
+        def work():
+            if factor == 1:
+                fine = labels
+            else:
+                slices = [None] if not volume else range(labels.shape[0])
+                parts = []
+                for z in slices:
+                    src = w.slice_image(sess.image, z, window)
+
+                    def render(box, region, shape, src=src):
+                        return seg.render_prob(src, box, region, shape)
+
+                    coarse = labels if z is None else labels[z]
+                    objs = [o for o in objects if o.slice == z]
+                    parts.append(refine_slice(coarse, objs, render, factor))
+                fine = parts[0] if not volume else np.stack(parts)
+            if nifti:
+                return write_labels_nifti(path, fine, meta, factor=factor)
+            sp = None if spacing is None else [*spacing[:-2], spacing[-2] / factor, spacing[-1] / factor]
+            return write_labels_tiff(path, fine, sp)
+
+        w.workers.start(work, desc=f"Exporting masks at {factor}x",
+                        on_return=lambda p: w.notifier.info(f"Saved masks at {factor}x to {p}."),
+                        on_error=lambda e: w.notifier.error(f"Export to {path} failed: {type(e).__name__}: {e}"))

@@ -1,0 +1,126 @@
+"""Worker bookkeeping and notifications for the dock widgets.
+
+Every slow call runs in a ``napari.qt.threading`` worker with a napari progress bar; results and errors
+come back on the GUI thread. ``WorkerTracker`` remembers the running workers so that tests and scripts can
+wait until the widget is idle, and ``Notifier`` sends napari notifications and keeps a log of them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils import notifications
+from qtpy.QtCore import QCoreApplication, QObject, QThread, QThreadPool, QTimer
+
+
+class Notifier:
+    """napari notifications (``show_info`` / ``show_warning`` / ``show_error``) plus a ``log`` of
+    (level, message) so that the widget's messages can be inspected."""
+
+    def __init__(self, prefix: str = "I-MedSAM: "):
+        self.prefix = prefix
+        self.log: list[tuple[str, str]] = []
+
+    def info(self, message: str) -> None:
+        self.log.append(("info", message))
+        notifications.show_info(self.prefix + message)
+
+    def warning(self, message: str) -> None:
+        self.log.append(("warning", message))
+        notifications.show_warning(self.prefix + message)
+
+    def error(self, message: str) -> None:
+        self.log.append(("error", message))
+        notifications.show_error(self.prefix + message)
+
+    def messages(self, level: str | None = None) -> list[str]:
+        return [m for lv, m in self.log if level is None or lv == level]
+
+
+class WorkerTracker:
+    """Starts workers, connects their callbacks, and knows when none is running.
+
+    Workers run in a thread pool of their own, not Qt's global one: Qt uses the global pool for its own
+    short jobs (multi-threaded image conversion, e.g. when napari animates its activity indicator) while
+    the GUI thread waits, holding the GIL; workers waiting for the GIL in that pool would deadlock it."""
+
+    def __init__(self, notifier: Notifier, alive: Callable[[], bool] = lambda: True, parent: QObject | None = None):
+        self.pool = QThreadPool(parent)
+        self.pool.setMaxThreadCount(max(2, QThread.idealThreadCount()))
+        self.notifier = notifier
+        self.alive = alive  # False once the owning widget is gone: late results are then ignored
+        self.running: set = set()
+        self.timers: list[QTimer] = []  # debounce timers that count as pending work
+
+    def _guard(self, callback: Callable | None) -> Callable | None:
+        if callback is None:
+            return None
+
+        def call(*args):
+            if self.alive():
+                callback(*args)
+
+        return call
+
+    def start(self, func: Callable[..., Any], *args: Any, desc: str = "", total: int = 0,
+              on_return: Callable[[Any], None] | None = None,
+              on_yield: Callable[[Any], None] | None = None,
+              on_error: Callable[[BaseException], None] | None = None,
+              on_finish: Callable[[], None] | None = None, progress: bool = True):
+        """Run ``func(*args)`` (a function or a generator) in a worker thread; callbacks run on the GUI
+        thread. Errors go to ``on_error`` or become an error notification naming ``desc``."""
+        kwargs = {"_progress": {"desc": desc, "total": total}} if progress else {}
+        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+        on_return, on_yield, on_error, on_finish = (self._guard(c) for c in (on_return, on_yield, on_error, on_finish))
+        if on_return is not None:
+            worker.returned.connect(on_return)
+        if on_yield is not None and hasattr(worker, "yielded"):
+            worker.yielded.connect(on_yield)
+
+        def failed(exc: BaseException) -> None:
+            if on_error is not None:
+                on_error(exc)
+            elif self.alive():
+                self.notifier.error(f"{desc or 'Background task'} failed: {type(exc).__name__}: {exc}")
+
+        worker.errored.connect(failed)
+
+        def finished() -> None:
+            self.running.discard(worker)
+            if on_finish is not None:
+                on_finish()
+
+        worker.finished.connect(finished)
+        self.running.add(worker)  # also keeps the worker alive until it finishes
+        self.pool.start(worker)
+        return worker
+
+    def is_idle(self) -> bool:
+        if self.running:
+            return False
+        try:
+            return not any(t.isActive() for t in self.timers)
+        except RuntimeError:  # the timers' owner was deleted
+            return True
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Process Qt events until no worker runs and no debounce timer is pending (True), or until
+        ``timeout`` seconds pass (False)."""
+        app = QCoreApplication.instance()
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if app is not None:
+                app.processEvents()
+            if self.is_idle():
+                if app is not None:
+                    app.processEvents()  # deliver the last finished/returned signals
+                if self.is_idle():
+                    return True
+            time.sleep(0.005)
+        return False
+
+    def quit_all(self) -> None:
+        for worker in list(self.running):
+            worker.quit()
