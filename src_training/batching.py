@@ -42,6 +42,11 @@ class PreparedSample:
     mask: np.ndarray  # HxW bool, original resolution
     valid_hw: tuple[int, int]
     scale_yx: tuple[float, float]
+    key: tuple = ()  # identity of the encoder input (index, flips): the embedding-cache key
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = (self.index, False, False, False)
 
 
 @dataclass
@@ -54,23 +59,28 @@ class Batch:
     labels: torch.Tensor  # (B, N) float {0, 1}
     weights: torch.Tensor  # (B, N) float {0, 1}
     valid_hw: torch.Tensor  # (B, 2) float
-    indices: list[int]
+    keys: list[tuple]  # embedding-cache keys of the encoder inputs
 
     def to(self, device: torch.device | str) -> Batch:
         move = {k: getattr(self, k).to(device, non_blocking=True)
                 for k in ("images", "boxes", "points", "labels", "weights", "valid_hw")}
-        return Batch(**move, indices=self.indices)
+        return Batch(**move, keys=self.keys)
 
 
 def prepare_sample(sample: Sample, size: int, index: int = -1) -> PreparedSample:
     """Resize/pad ``sample.image`` exactly as inference does; keep the original mask for labels."""
     mask = np.asarray(sample.mask, dtype=bool)
-    if mask.shape != np.shape(sample.image)[:2]:
-        raise ValueError(f"{sample.source}: mask {mask.shape} and image {np.shape(sample.image)} differ in size")
+    ih, iw = np.shape(sample.image)[:2]
+    factor = mask.shape[0] // ih if ih else 0
+    if factor < 1 or mask.shape != (ih * factor, iw * factor):
+        raise ValueError(f"{sample.source}: mask {mask.shape} must have the image's size {(ih, iw)} or an "
+                         "integer multiple of it (a finer ground truth for sub-pixel training)")
     if not mask.any():
         raise ValueError(f"{sample.source}: empty mask, nothing to segment")
     prep = prepare(sample.image, size, window=UNIT_WINDOW)
-    return PreparedSample(index, prep.tensor[0], mask, prep.valid_hw, prep.scale_yx)
+    # scale_yx maps *mask* pixels to input pixels: boxes and labels are read from the (possibly finer) mask
+    scale = (prep.scale_yx[0] / factor, prep.scale_yx[1] / factor)
+    return PreparedSample(index, prep.tensor[0], mask, prep.valid_hw, scale)
 
 
 def grid_points(valid_hw: tuple[int, int]) -> np.ndarray:
@@ -103,11 +113,38 @@ def input_box(mask: np.ndarray, scale_yx: tuple[float, float], jitter: int,
     return (box * np.array([sx, sy, sx, sy], dtype=np.float32)).astype(np.float32)
 
 
+def flip(item: PreparedSample, horizontal: bool, vertical: bool, transpose: bool = False) -> PreparedSample:
+    """Mirror and/or transpose the image (inside its valid region: the padding stays right/bottom) and the
+    mask: the 8 symmetries of the square."""
+    if not (horizontal or vertical or transpose):
+        return item
+    h, w = item.valid_hw
+    region, mask = item.image[:, :h, :w], item.mask
+    if horizontal:
+        region, mask = region.flip(-1), mask[:, ::-1]
+    if vertical:
+        region, mask = region.flip(-2), mask[::-1]
+    valid, scale = item.valid_hw, item.scale_yx
+    if transpose:
+        region, mask = region.transpose(-1, -2), mask.T
+        valid, scale = (w, h), (scale[1], scale[0])
+    image = torch.zeros_like(item.image)
+    image[:, : valid[0], : valid[1]] = region
+    key = (item.index, bool(horizontal), bool(vertical), bool(transpose))
+    return PreparedSample(item.index, image, np.ascontiguousarray(mask), valid, scale, key)
+
+
 def collate(items: Sequence[PreparedSample], rngs: Sequence[np.random.Generator], jitter: int,
-            points: int | None) -> Batch:
-    """Stack prepared samples into a :class:`Batch` (see the module docstring for the conventions)."""
+            points: int | None, augment: bool = False) -> Batch:
+    """Stack prepared samples into a :class:`Batch` (see the module docstring for the conventions).
+
+    ``augment``: a random symmetry of the square (horizontal flip, vertical flip, transpose, each with
+    probability 1/2, drawn first from the sample's rng). With few training images this keeps the INR
+    from memorising absolute positions."""
     if len(items) != len(rngs) or not items:
         raise ValueError("collate needs one rng per item and at least one item")
+    if augment:
+        items = [flip(it, *(rng.random(3) < 0.5)) for it, rng in zip(items, rngs)]
     boxes, pts, labels = [], [], []
     for item, rng in zip(items, rngs):
         boxes.append(input_box(item.mask, item.scale_yx, jitter, rng))
@@ -128,7 +165,7 @@ def collate(items: Sequence[PreparedSample], rngs: Sequence[np.random.Generator]
         labels=torch.from_numpy(np.stack(labels)),
         weights=torch.from_numpy(weights),
         valid_hw=torch.tensor([it.valid_hw for it in items], dtype=torch.float32),
-        indices=[it.index for it in items],
+        keys=[it.key for it in items],
     )
 
 
@@ -185,17 +222,30 @@ class IndexStream:
         return out
 
 
+CACHE_BYTES = 256 * 2**20
+
+
 class PreparedView(torch.utils.data.Dataset):
-    """Map-style view used by the (optional) DataLoader workers: index -> PreparedSample."""
+    """Map-style view (also used by DataLoader workers): index -> PreparedSample.
+
+    Samples held in memory (a list, as the fine-tune widget and ``--synthetic`` pass) are prepared once
+    when all of them fit in ``CACHE_BYTES``; datasets that read files are prepared on every access."""
 
     def __init__(self, samples: Sequence[Sample], size: int):
         self.samples, self.size = samples, int(size)
+        fits = isinstance(samples, list | tuple) and len(samples) * 12 * self.size**2 <= CACHE_BYTES
+        self._cache: dict[int, PreparedSample] | None = {} if fits else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> PreparedSample:
-        return prepare_sample(self.samples[index], self.size, index)
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        item = prepare_sample(self.samples[index], self.size, index)
+        if self._cache is not None:
+            self._cache[index] = item
+        return item
 
 
 def _identity(batch):
@@ -211,8 +261,9 @@ def prepared_batches(samples: Sequence[Sample], size: int, index_lists: Iterator
         for idx in index_lists:
             yield [view[i] for i in idx]
         return
+    own_rng = torch.Generator().manual_seed(0)  # worker seeds must not consume the training's global RNG
     loader = torch.utils.data.DataLoader(view, batch_sampler=_Sampler(index_lists), num_workers=workers,
-                                         collate_fn=_identity, persistent_workers=False, prefetch_factor=2)
+                                         collate_fn=_identity, prefetch_factor=2, generator=own_rng)
     yield from loader
 
 

@@ -143,11 +143,13 @@ class SyntheticScene:
         return self.image(hw, ss), self.mask(hw)
 
 
-def _random_shape(rng: np.random.Generator, centre: tuple[float, float], size: float) -> Shape:
-    kind = SHAPES[int(rng.integers(len(SHAPES)))]
+def _random_shape(rng: np.random.Generator, centre: tuple[float, float], size: float,
+                  kinds: Sequence[str] = SHAPES, rotate: bool = True) -> Shape:
+    kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "ellipse":
         a = size * rng.uniform(0.6, 1.0)
-        params = dict(a=a, b=a * rng.uniform(0.45, 1.0), angle=rng.uniform(0, np.pi))
+        angle = rng.uniform(0, np.pi)
+        params = dict(a=a, b=a * rng.uniform(0.45, 1.0), angle=angle if rotate else 0.0)
     elif kind == "blob":
         n = int(rng.integers(2, 4))
         params = dict(r0=size * 0.8, k=tuple(int(k) for k in rng.choice([2, 3, 4, 5], n, replace=False)),
@@ -174,15 +176,21 @@ def _random_texture(rng: np.random.Generator, rgb: np.ndarray, strength: float) 
 
 
 def synthetic_scene(seed: int, index: int, aspect: tuple[float, float] = (1.0, 1.0),
-                    distractors: int = 1, noise: tuple[float, float] = (0.02, 0.06)) -> SyntheticScene:
-    """Scene ``index`` of the family ``seed`` (deterministic). ``aspect``: range of h / w."""
+                    distractors: int = 1, noise: tuple[float, float] = (0.02, 0.06),
+                    kinds: Sequence[str] = SHAPES, rotate: bool = True) -> SyntheticScene:
+    """Scene ``index`` of the family ``seed`` (deterministic). ``aspect``: range of h / w; ``kinds``: the
+    target's possible shapes; ``rotate=False`` keeps ellipses axis-aligned (then the tight box determines
+    the ellipse: an easy family for models without a pretrained encoder)."""
+    bad = set(kinds) - set(SHAPES)
+    if bad or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {SHAPES}, got {kinds}")
     rng = np.random.default_rng([int(seed), int(index)])
     ratio = float(rng.uniform(*aspect)) if aspect[1] > aspect[0] else float(aspect[0])
     fh, fw = (1.0, 1.0 / ratio) if ratio >= 1 else (ratio, 1.0)
     short = min(fh, fw)
     size = short * rng.uniform(0.15, 0.32)
     centre = (rng.uniform(size * 1.1, fw - size * 1.1), rng.uniform(size * 1.1, fh - size * 1.1))
-    target = _random_shape(rng, centre, size)
+    target = _random_shape(rng, centre, size, tuple(kinds), rotate)
     others = []
     for _ in range(int(rng.integers(0, distractors + 1))):
         s = short * rng.uniform(0.08, 0.18)
@@ -202,9 +210,13 @@ def synthetic_scene(seed: int, index: int, aspect: tuple[float, float] = (1.0, 1
     )
 
 
-def sample_from_scene(scene: SyntheticScene, size: int, spacing: tuple[float, float] | None = None) -> Sample:
-    """The scene rendered with long side ``size`` as a training/evaluation :class:`Sample`."""
-    image, mask = scene.render(scene.shape_at(size))
+def sample_from_scene(scene: SyntheticScene, size: int, spacing: tuple[float, float] | None = None,
+                      mask_scale: int = 1) -> Sample:
+    """The scene rendered with long side ``size`` as a training/evaluation :class:`Sample`; with
+    ``mask_scale=k`` the exact mask is rendered k times finer than the image (sub-pixel supervision)."""
+    hw = scene.shape_at(size)
+    image = scene.image(hw)
+    mask = scene.mask((hw[0] * mask_scale, hw[1] * mask_scale))
     return Sample(image=image, mask=mask, source=f"synthetic:seed={scene.seed}:index={scene.index}",
                   case_id=f"synthetic-{scene.seed}-{scene.index:05d}", spacing=spacing, label_id=1,
                   label_name=scene.target.kind)
@@ -220,14 +232,16 @@ def scene_for_sample(sample: Sample, **options) -> SyntheticScene:
 
 
 def make_synthetic_samples(n: int, size: int = 96, seed: int = 0, start: int = 0,
-                           spacing: tuple[float, float] | None = None, **options) -> list[Sample]:
+                           spacing: tuple[float, float] | None = None, mask_scale: int = 1,
+                           **options) -> list[Sample]:
     """``n`` synthetic samples (scenes ``start`` .. ``start + n - 1`` of family ``seed``), long side ``size``.
 
     ``options`` go to :func:`synthetic_scene` (aspect, distractors, noise); pass the same ones to
     :func:`scene_for_sample` to re-render a sample's mask at another resolution."""
     if n < 0 or size < 8:
         raise ValueError(f"need n >= 0 and size >= 8, got n={n}, size={size}")
-    return [sample_from_scene(synthetic_scene(seed, start + i, **options), size, spacing) for i in range(n)]
+    return [sample_from_scene(synthetic_scene(seed, start + i, **options), size, spacing, mask_scale)
+            for i in range(n)]
 
 
 class SyntheticDataset(SampleDataset):
@@ -249,12 +263,13 @@ class SyntheticDataset(SampleDataset):
 
 
 def synthetic_splits(n_train: int, size: int = 96, seed: int = 0, n_val: int | None = None,
-                     n_test: int | None = None, **options) -> dict[str, Sequence[Sample]]:
+                     n_test: int | None = None, mask_scale: int = 1, **options) -> dict[str, Sequence[Sample]]:
     """Disjoint train / val / test synthetic samples (different scene indices of the same family)."""
     n_val = max(2, n_train // 4) if n_val is None else n_val
     n_test = n_val if n_test is None else n_test
     out, start = {}, 0
     for name, count in (("train", n_train), ("val", n_val), ("test", n_test)):
-        out[name] = make_synthetic_samples(count, size=size, seed=seed, start=start, **options)
+        out[name] = make_synthetic_samples(count, size=size, seed=seed, start=start,
+                                           mask_scale=mask_scale if name == "train" else 1, **options)
         start += count
     return out

@@ -37,6 +37,9 @@ def save_adapters(model: IMedSAM, path: str | Path, extra: dict[str, str] | None
         meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an adapters file is an ordinary shareable file
     try:
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
