@@ -12,8 +12,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks.common import base_parser, machine_info, machine_line, markdown_table, section, write_json
 
 FACTORS = (1, 2, 4)
