@@ -3,10 +3,15 @@
 Written atomically (temp file in the same folder, then ``os.replace``) with ``torch.save``, and read
 back with ``torch.load(..., weights_only=True)`` only: the payload holds tensors, numbers, strings, lists
 and dicts (configs and the python RNG state as JSON strings), never arbitrary objects.
+
+Exact resumption does not hinge on RNG snapshots: the data order (``batching.IndexStream``), each sample's
+box jitter and points (``batching.sample_rngs``) and each step's dropout draws (torch re-seeded per step
+and rank) are pure functions of (seed, step, ...). The torch / python RNG states are stored as well.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -71,6 +76,21 @@ def write_json(path: str | Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> Path | None:
+    """Atomic CSV of dict rows (columns: every key seen, in order of appearance); nothing for no rows."""
+    if not rows:
+        return None
+    path = Path(path)
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
     os.replace(tmp, path)
     return path
 

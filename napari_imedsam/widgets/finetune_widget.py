@@ -446,8 +446,8 @@ class FinetuneWidget(AdapterVersions, QWidget):
             from napari.utils.task_status import Status
 
             self.viewer.window._update_task_status(self._task_id, Status.COMPLETED, "Fine-tuning done")
-        except (AttributeError, ImportError, RuntimeError):
-            pass
+        except (AttributeError, ImportError, RuntimeError) as exc:  # window gone or an older napari
+            logging.getLogger(__name__).debug("could not close the napari task entry: %s", exc)
         self._task_id = None
 
     def _viewer_closing(self) -> bool:

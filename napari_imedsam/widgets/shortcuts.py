@@ -3,6 +3,7 @@ nothing global changes), and listed in the widget's tooltip."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 #: (napari key, shown as, widget method, what it does)
@@ -53,5 +54,5 @@ def unbind(target, keys: list[str]) -> None:
     for key in keys:
         try:
             target.bind_key(key, None)
-        except (ValueError, TypeError, KeyError):
-            pass
+        except (ValueError, TypeError, KeyError) as exc:  # already unbound (e.g. the layer was deleted)
+            logging.getLogger(__name__).debug("shortcut %s was not bound any more: %s", key, exc)

@@ -1,0 +1,275 @@
+"""Accuracy on held-out real data: the DSB 2018 nuclei image shipped in the ``stardist`` package.
+
+    python -m benchmarks.accuracy [--quick] [--device auto|cpu|cuda] [--steps N] [--heldout N] [--json PATH]
+
+One tight box per nucleus (pixel edges: x0 = min column, x1 = max column + 1). Rows: I-MedSAM (the
+embedded default head of ``load_model("litemedsam")``), the backbone's own decoder (LiteMedSAM) bilinearly
+upsampled, and the box itself as the mask (a floor). Settings: native resolution, and the cross-resolution
+setting where the input is downsampled by 2 or 4 (anti-aliased) and the mask is rendered at the native
+512x512 grid. Then a fine-tuning curve: fine-tune on 10, 20, 40 nuclei, evaluate on the others.
+
+Every mask is rendered at native pixel centres inside a window around its box (the box grown by one box
+size on every side, at least 8 px, clipped to the image); pixels outside the window count as background,
+for every method alike. This keeps 125 nuclei x 3 settings affordable on a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import autocast, base_parser, devices_for, fmt, machine_info, machine_line, markdown_table, section
+from .common import write_json as write_results
+
+PIP_HINT = "pip install --no-deps stardist==0.9.1"
+METHODS = ("I-MedSAM", "backbone + bilinear", "box as mask")
+DOWNSAMPLE = (1, 2, 4)
+
+
+@dataclass
+class Nucleus:
+    label: int
+    mask: np.ndarray  # HxW bool at native resolution
+    box: np.ndarray  # (x0, y0, x1, y1) pixel edges, native
+
+
+def stardist_files() -> tuple[Path, Path]:
+    """img2d.tif and mask2d.tif of the stardist package, found by path (stardist is not imported: its
+    dependencies are not needed)."""
+    spec = importlib.util.find_spec("stardist")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"The accuracy benchmark needs the DSB 2018 nuclei image of the stardist package: {PIP_HINT}"
+                         " (0.9.2 does not ship the image; --no-deps: only the data files are used).")
+    folder = Path(spec.submodule_search_locations[0]) / "data" / "images"
+    img, mask = folder / "img2d.tif", folder / "mask2d.tif"
+    if not (img.is_file() and mask.is_file()):
+        raise SystemExit(f"{folder} has no img2d.tif / mask2d.tif; install the version that ships them: {PIP_HINT}")
+    return img, mask
+
+
+def load_nuclei(quick: bool) -> tuple[np.ndarray, list[Nucleus]]:
+    """The image (uint16) and its nuclei; ``quick`` takes the top-left 128x128 and 5 nuclei inside it."""
+    import tifffile
+    from scipy import ndimage
+
+    img_path, mask_path = stardist_files()
+    image, labels = tifffile.imread(img_path), tifffile.imread(mask_path)
+    if quick:
+        image, labels = image[:128, :128], labels[:128, :128].copy()
+        cut = np.unique(np.r_[labels[-1], labels[:, -1]])
+        labels[np.isin(labels, cut[cut > 0])] = 0  # nuclei cut by the crop's edge are dropped
+    nuclei = []
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        box = np.array([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop], dtype=np.float32)
+        nuclei.append(Nucleus(i, labels == i, box))
+    return image, nuclei[:5] if quick else nuclei
+
+
+def window(box: np.ndarray, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1): the box grown by its own size on each side (>= 8 px), clipped to the image."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    m = max(8, x1 - x0, y1 - y0)
+    return max(0, y0 - m), max(0, x0 - m), min(hw[0], y1 + m), min(hw[1], x1 + m)
+
+
+def downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return image
+    from skimage.transform import resize
+
+    h, w = image.shape[:2]
+    small = resize(image.astype(np.float32), (h // factor, w // factor), anti_aliasing=True, preserve_range=True)
+    return small.astype(np.float32)
+
+
+def score(pred, nuclei: Sequence[Nucleus], hw: tuple[int, int], factor: int, methods: Sequence[str] = METHODS,
+          device: torch.device | None = None) -> dict[str, list[dict]]:
+    """Per-nucleus metrics of each method; ``pred`` holds the image downsampled by ``factor``; masks are
+    rendered at the native grid (``hw``)."""
+    from src_training.metrics import compute_metrics
+
+    out: dict[str, list[dict]] = {m: [] for m in methods}
+    for n in nuclei:
+        y0, x0, y1, x1 = window(n.box, hw)
+        region = (y0 / factor, x0 / factor, y1 / factor, x1 / factor)
+        box = n.box / factor
+        for method in methods:
+            full = np.zeros(hw, dtype=bool)
+            if method == "box as mask":
+                bx0, by0, bx1, by1 = (int(v) for v in n.box)
+                full[by0:by1, bx0:bx1] = True
+            else:
+                fn = pred.predict if method == "I-MedSAM" else pred.predict_backbone
+                amp = autocast(device) if device is not None else contextlib.nullcontext()
+                with torch.no_grad(), amp:
+                    full[y0:y1, x0:x1] = fn(box, out_shape=(y1 - y0, x1 - x0), region=region) > 0.5
+            out[method].append({"label": n.label, **compute_metrics(full, n.mask)})
+    return out
+
+
+def summarise(per: list[dict]) -> dict:
+    from src_training.metrics import aggregate
+
+    agg = aggregate(per, ["dice", "hd95"])
+    return {"n": agg["n"], "dice": agg["dice"], "hd95": agg["hd95"], "hd95_n_inf": agg["hd95_n_inf"]}
+
+
+def share_embedding(model) -> None:
+    """Every training sample here is the same image: memoise ``model.encode`` by content so ``fit`` encodes
+    it once (the trainer's ``cache_embeddings`` is per sample). The encoder is frozen in these runs."""
+    import hashlib
+
+    memo: dict[str, torch.Tensor] = {}
+    original = model.encode
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for im in images:
+            key = hashlib.sha256(im.detach().float().cpu().numpy().tobytes()).hexdigest()
+            if key not in memo:
+                memo[key] = original(im[None])[0]
+            out.append(memo[key])
+        return torch.stack(out)
+
+    model.encode = encode
+
+
+def widget_config(steps: int | None, image_hw: tuple[int, int], device: torch.device) -> dict:
+    """The fine-tune widget's defaults (``napari_imedsam.engine.finetune``) for one image of this size."""
+    from types import SimpleNamespace
+
+    from napari_imedsam.engine.finetune import ADAPTER_LR_RATIO, FinetuneSettings, box_jitter, default_parts
+
+    s = FinetuneSettings()
+    parts = tuple(default_parts(device))
+    return dict(steps=steps or s.steps, batch_size=s.batch_size, points=s.points, lr_inr=s.lr,
+                lr_rest=s.lr * ADAPTER_LR_RATIO, parts=parts, cache_embeddings=not ({"lora", "fa"} & set(parts)),
+                jitter=box_jitter([SimpleNamespace(shape=image_hw)]), seed=s.seed)
+
+
+def finetune_curve(image: np.ndarray, nuclei: list[Nucleus], before: list[dict], backbone: str, counts: Sequence[int],
+                   steps: int | None, heldout: int, device: torch.device) -> tuple[list[dict], dict]:
+    """Fine-tune on the first ``k`` nuclei of a seeded order (nested sets) with the fine-tune widget's
+    settings; score held-out nuclei outside the largest training set (the same ones for every k; a seeded
+    subset of ``heldout`` of them when ``heldout`` > 0)."""
+    from napari_imedsam import Predictor, load_model
+    from napari_imedsam.engine.preprocess import image_to_unit
+    from src_training.data.sample import Sample
+    from src_training.trainer import TrainConfig, fit
+
+    order = np.random.default_rng(0).permutation(len(nuclei))
+    pool, rest = order[: max(counts)], order[max(counts) :]
+    held = rest[:heldout] if heldout > 0 else rest
+    held_nuclei = [nuclei[i] for i in held]
+    held_labels = {n.label for n in held_nuclei}
+    base = summarise([r for r in before if r["label"] in held_labels])
+    img01 = image_to_unit(image)  # exactly what the widget trains on
+    config = widget_config(steps, image.shape[:2], device)
+    rows = []
+    for k in counts:
+        samples = [Sample(image=img01, mask=nuclei[i].mask, source=f"stardist img2d.tif nucleus {nuclei[i].label}",
+                          case_id="img2d") for i in pool[:k]]
+        model = load_model(backbone)
+        if config["cache_embeddings"]:
+            share_embedding(model)
+        with section(f"fine-tune on {k} nuclei ({config['steps']} steps)"):
+            cfg = TrainConfig(**{**config, "batch_size": min(config["batch_size"], k)}, device=str(device))
+            result = fit(model, samples, None, cfg)
+        model.__dict__.pop("encode", None)  # back to the class's method
+        pred = Predictor(model, device=device)
+        with autocast(device):
+            pred.set_image(image)
+        with section(f"score {len(held_nuclei)} held-out nuclei"):
+            after = summarise(score(pred, held_nuclei, image.shape[:2], 1, ("I-MedSAM",), device)["I-MedSAM"])
+        rows.append({"train_nuclei": k, "held_out": len(held_nuclei), "before": base, "after": after,
+                     "seconds": result.seconds, "final_loss": result.history[-1]["loss"] if result.history else None})
+    settings = {**config, "parts": list(config["parts"]), "backbone": backbone, "order_seed": 0,
+                "held_out_labels": sorted(int(v) for v in held_labels),
+                "samples": "the whole image, one nucleus each (box jittered by up to jitter px in training)"}
+    return rows, settings
+
+
+def accuracy_table(rows: list[dict]) -> str:
+    head = ["method", "input -> output", "n", "Dice %", "HD95 px", "missed (HD95 inf)"]
+    body = [[r["method"], r["setting"], r["n"], fmt(r["dice"], 2, 100), fmt(r["hd95"], 2), r["hd95_n_inf"]]
+            for r in rows]
+    return markdown_table(head, body)
+
+
+def curve_table(rows: list[dict]) -> str:
+    head = ["fine-tuned on", "held-out nuclei", "Dice % before", "Dice % after", "HD95 px before", "HD95 px after",
+            "train s"]
+    body = [[f"{r['train_nuclei']} nuclei", r["held_out"], fmt(r["before"]["dice"], 2, 100),
+             fmt(r["after"]["dice"], 2, 100), fmt(r["before"]["hd95"], 2), fmt(r["after"]["hd95"], 2),
+             fmt(r["seconds"], 0)] for r in rows]
+    return markdown_table(head, body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from napari_imedsam import Predictor, load_model
+    from napari_imedsam.model.build import default_adapters_path
+
+    parser = base_parser("accuracy", "Dice / HD95 of napari-imedsam beside its baselines on held-out nuclei.",
+                         repeats=False)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="fine-tuning steps per curve point (default: the fine-tune widget's)")
+    parser.add_argument("--heldout", type=int, default=40,
+                        help="held-out nuclei scored by the fine-tuning curve (0: all that were not trained on)")
+    parser.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning curve")
+    args = parser.parse_args(argv)
+    device = devices_for(args.device)[-1]  # accuracy does not depend on the device: the fastest one
+    backbone = "tiny" if args.quick else "litemedsam"
+    counts = (1, 2) if args.quick else (10, 20, 40)
+    steps = 1 if args.quick and args.steps is None else args.steps
+    image, nuclei = load_nuclei(args.quick)
+    if len(nuclei) <= max(counts):
+        raise SystemExit(f"only {len(nuclei)} nuclei: not enough for fine-tuning on {max(counts)}")
+    hw = image.shape[:2]
+    model = load_model(backbone)
+    head = "embedded default head" if default_adapters_path(backbone) else "identity head (no default head shipped)"
+    pred = Predictor(model, device=device)
+    rows, per_nucleus = [], {}
+    for factor in DOWNSAMPLE:
+        small = downsample(image, factor)
+        setting = "native" if factor == 1 else f"{small.shape[0]} -> {hw[0]} (1/{factor})"
+        with section(f"score {len(nuclei)} nuclei, {setting}"):
+            with autocast(device):
+                pred.set_image(small)
+            per = score(pred, nuclei, hw, factor, METHODS, device)
+        per_nucleus[setting] = per
+        rows += [{"method": m, "setting": setting, "factor": factor, **summarise(per[m])} for m in METHODS]
+    curve, curve_settings = [], {}
+    if not args.no_finetune:
+        curve, curve_settings = finetune_curve(image, nuclei, per_nucleus["native"]["I-MedSAM"], backbone, counts,
+                                               steps, 2 if args.quick else args.heldout, device)
+    info = machine_info()
+    result = {"machine": info, "quick": args.quick, "data": {"image": str(stardist_files()[0]), "shape": list(hw),
+              "nuclei": len(nuclei)}, "backbone": backbone, "head": head, "device": device.type, "rows": rows,
+              "finetune": curve, "finetune_settings": curve_settings, "per_nucleus": per_nucleus}
+    lines = [f"Machine: {machine_line(info)}", "",
+             f"### DSB 2018 nuclei (stardist img2d.tif, {hw[0]}x{hw[1]}, {len(nuclei)} nuclei, tight boxes; "
+             f"{backbone}, {head})", "", accuracy_table(rows), ""]
+    if curve:
+        s = curve_settings
+        lines += [f"### Fine-tuning curve (the fine-tune widget's settings: {s['steps']} steps, batch "
+                  f"{s['batch_size']}, {s['points']} points per image, parts {'+'.join(s['parts'])}, cached "
+                  f"embeddings {s['cache_embeddings']}, box jitter {s['jitter']} px, lr INR {s['lr_inr']:g}, "
+                  f"other parts {s['lr_rest']:g})", "", curve_table(curve)]
+    print("\n".join(lines))
+    write_results(args.json, result)
+    print(f"\nwrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,330 @@
+"""Speed and memory of napari-imedsam beside its baselines, measured in one process on one machine.
+
+    python -m benchmarks.speed [--quick] [--device auto|cpu|cuda] [--repeats N] [--json PATH]
+
+Sections (each a markdown table on stdout; everything also in the JSON file):
+1. Encoder: the plain backbone vs the same backbone with LoRA + FA (random weights for SAM ViT-B, the real
+   LiteMedSAM weights), timed alternately so that a drift of the machine hits both alike.
+2. Box -> mask with a cached image embedding: I-MedSAM (adaptive and dense rendering) at 1x, 2x and 4x the
+   image size vs the backbone's own mask decoder + bilinear upsampling to the same size.
+3. View rendering: a 1024x1024 screen window over ~24x24 image pixels at an object's boundary.
+4. Fine-tuning (``src_training.trainer.fit``): seconds per step and peak memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .common import (
+    autocast,
+    base_parser,
+    devices_for,
+    fmt,
+    machine_info,
+    machine_line,
+    markdown_table,
+    measure,
+    measure_interleaved,
+    precision,
+    section,
+    verdict,
+    write_json,
+)
+from .finetune import finetune_rows, finetune_table
+
+ADAPTER_OVERHEAD_TARGET = 0.10
+DECODER_RATIO_TARGET = 2.0
+ADAPTIVE_FRACTION_TARGET = 0.20
+ADAPTIVE_DICE_TARGET = 0.995
+VIEW_TARGET_S = {"cpu": 0.5, "cuda": 0.030}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---- 1. encoder -----------------------------------------------------------------------------------------
+def encoder_cases(quick: bool) -> list[tuple[str, int]]:
+    if quick:
+        return [("tiny", 64)]
+    return [("litemedsam", 256), ("sam_vit_b", 384), ("sam_vit_b", 512), ("sam_vit_b", 1024)]
+
+
+def _encoder_case(backbone: str, size: int, dev: torch.device, repeats: int) -> dict:
+    from napari_imedsam.model import build_model, default_config
+
+    plain = build_model(default_config(backbone, image_size=size, fa=False, lora=False)).to(dev)
+    adapted = build_model(default_config(backbone, image_size=size)).to(dev)
+    x = torch.rand(1, 3, size, size, device=dev)
+
+    def run(model) -> None:
+        with torch.no_grad(), autocast(dev):
+            model.encode(x)
+
+    with section(f"encoder {backbone} {size} on {dev.type}"):
+        m = measure_interleaved({"plain": lambda: run(plain), "adapted": lambda: run(adapted)}, dev, repeats=repeats)
+    groups = adapted.named_part_parameters()
+    extra = sum(p.numel() for part in ("lora", "fa") for _, p in groups[part])
+    # paired: each repeat ran both back to back, so the median of the per-repeat ratios cancels slow drifts
+    overhead = statistics.median(a / b for a, b in zip(m["adapted"].times, m["plain"].times)) - 1.0
+    return {"backbone": backbone, "image_size": size, "device": dev.type, "precision": precision(dev),
+            "plain": m["plain"].to_dict(), "adapted": m["adapted"].to_dict(), "adapter_params": extra,
+            "overhead": overhead, "target_met": bool(overhead <= ADAPTER_OVERHEAD_TARGET)}
+
+
+def encoder_rows(devices: Sequence[torch.device], quick: bool, repeats: int) -> list[dict]:
+    rows = []
+    for backbone, size in encoder_cases(quick):
+        for dev in devices:
+            # the slowest rows on a CPU get fewer repeats (ViT-B at 1024 takes ~25 s per pass on 2 threads)
+            reps = min(repeats, 2) if (dev.type == "cpu" and size >= 1024) else repeats
+            rows.append(_encoder_case(backbone, size, dev, reps))
+            _free()
+    return rows
+
+
+def encoder_table(rows: list[dict]) -> str:
+    head = ["backbone", "input", "device", "backbone ms", "+ LoRA + FA ms", "overhead", "backbone peak MiB",
+            "+ LoRA + FA peak MiB", "adapter params", "repeats", "target <= 10 %"]
+    body = [[r["backbone"], f"{r['image_size']}x{r['image_size']}", f"{r['device']} ({r['precision']})",
+             fmt(r["plain"]["median_s"], 0, 1e3), fmt(r["adapted"]["median_s"], 0, 1e3),
+             fmt(r["overhead"], 1, 100, " %"), fmt(r["plain"]["peak_mib"], 0), fmt(r["adapted"]["peak_mib"], 0),
+             f"{r['adapter_params']:,}", r["plain"]["repeats"], verdict(r["target_met"])] for r in rows]
+    return markdown_table(head, body)
+
+
+# ---- 2. box -> mask and 3. view rendering -----------------------------------------------------------------
+def _test_image(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic textured object (scene 3 of family 0: ~4 % of the image) with its exact mask."""
+    from src_training.synthetic import synthetic_scene
+
+    return synthetic_scene(0, 3).render((size, size))
+
+
+def _head_name(backbone: str) -> str:
+    from napari_imedsam.model.build import default_adapters_path
+
+    if backbone == "tiny":
+        return "tiny (random weights, identity head)"
+    path = default_adapters_path(backbone)
+    return f"{backbone} + embedded default head" if path else f"{backbone}, identity head (no default head shipped)"
+
+
+def render_rows(devices: Sequence[torch.device], quick: bool, repeats: int) -> tuple[list[dict], list[dict], dict]:
+    """Box -> mask rows and view-rendering rows, on the same model, image and box."""
+    from napari_imedsam import load_model
+    from src_training.data.boxes import mask_to_box
+
+    backbone, size = ("tiny", 48) if quick else ("litemedsam", 512)
+    model = load_model(backbone)
+    image, mask = _test_image(size)
+    box = mask_to_box(mask)
+    setting = {"backbone": backbone, "head": _head_name(backbone), "image": f"synthetic {size}x{size}",
+               "box": [float(v) for v in box], "object_pixels": int(mask.sum())}
+    box_rows, view_rows = [], []
+    for dev in devices:
+        b, v = _render_device(model, image, box, dev, quick, repeats)
+        box_rows += b
+        view_rows += v
+        _free()
+    return box_rows, view_rows, setting
+
+
+def _render_device(model, image: np.ndarray, box: np.ndarray, dev: torch.device, quick: bool, repeats: int
+                   ) -> tuple[list[dict], list[dict]]:
+    from napari_imedsam import Predictor
+
+    pred = Predictor(model, device=dev)
+    with autocast(dev):
+        pred.set_image(image)
+    emb = pred._ensure_embedding()  # the cached image embedding (a benchmark may look inside)
+    sy, sx = pred._prepared.scale_yx
+    box_in = torch.tensor([[box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]], device=dev)
+    size = image.shape[0]
+
+    def fresh() -> None:
+        pred._boxes.clear()  # forget the box features: every repeat pays for the box decoder
+
+    def call(fn, *args, **kw):
+        with torch.no_grad(), autocast(dev):
+            return fn(*args, **kw)
+
+    with section(f"box decoder on {dev.type}"):
+        decode = measure(lambda: call(model.decode_box, emb, box_in), dev, repeats, memory=False)
+    base = {"device": dev.type, "precision": precision(dev)}
+    rows = []
+    for scale in (1, 4) if quick else (1, 2, 4):
+        out = (scale * size, scale * size)
+        with section(f"box -> mask {scale}x on {dev.type}"):
+            m_ad = measure(lambda out=out: call(pred.predict, box, out_shape=out), dev, repeats, setup=fresh)
+            stats_ad = pred.last_stats
+            m_cached = measure(lambda out=out: call(pred.predict, box, out_shape=out), dev, repeats)
+            # dense is the reference, not a target: one run (kernels are warm from the adaptive runs)
+            m_de = measure(lambda out=out: call(pred.predict, box, out_shape=out, dense=True), dev, 1, warmup=0,
+                           setup=fresh)
+            stats_de = pred.last_stats
+            m_up = measure(lambda out=out: call(pred.predict_backbone, box, out_shape=out), dev, repeats)
+        dice = _dice(m_ad.result > 0.5, m_de.result > 0.5)
+        backbone_s = decode.median + m_up.median
+        common = {**base, "scale": scale, "out_shape": list(out)}
+        rows += [
+            {**common, "method": "backbone decoder + bilinear", "includes": "box decoder + upsampling (sum)",
+             "median_s": backbone_s, "decoder_s": decode.median, "upsample_s": m_up.median, "repeats": repeats,
+             "peak_mib": m_up.to_dict()["peak_mib"], "points_per_pixel": None, "dice_vs_dense": None},
+            {**common, "method": "I-MedSAM adaptive", "includes": "box decoder + UGS threshold + render",
+             **m_ad.to_dict(), "points_per_pixel": stats_ad.fraction, "dice_vs_dense": dice,
+             "ratio_to_backbone": m_ad.median / backbone_s, "evaluated": stats_ad.evaluated,
+             "fraction_of_dense": stats_ad.evaluated / max(1, stats_de.evaluated)},
+            {**common, "method": "I-MedSAM adaptive, box cached", "includes": "render only",
+             **m_cached.to_dict(), "points_per_pixel": stats_ad.fraction, "dice_vs_dense": dice},
+            {**common, "method": "I-MedSAM dense", "includes": "box decoder + UGS threshold + render",
+             **m_de.to_dict(), "points_per_pixel": stats_de.fraction, "dice_vs_dense": 1.0,
+             "evaluated": stats_de.evaluated},
+        ]
+    prob = call(pred.predict, box)
+    view_out, view_side = ((128, 128), 12.0) if quick else ((1024, 1024), 24.0)
+    return rows, _view_rows(pred, box, prob, view_out, view_side, repeats, dev)
+
+
+def _boundary_point(prob: np.ndarray) -> tuple[float, float]:
+    """(y, x) of the mask's right-most pixel on its middle row: a point on the object's boundary."""
+    m = prob > 0.5
+    rows = np.flatnonzero(m.any(axis=1))
+    if rows.size == 0:
+        return prob.shape[0] / 2, prob.shape[1] / 2
+    r = int(rows[len(rows) // 2])
+    return r + 0.5, float(np.flatnonzero(m[r])[-1] + 1)
+
+
+def _view_rows(pred, box, prob: np.ndarray, out: tuple[int, int], side: float, repeats: int,
+               dev: torch.device) -> list[dict]:
+    cy, cx = _boundary_point(prob)
+    region = (cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2)
+
+    def call(fn, **kw):
+        with torch.no_grad(), autocast(dev):
+            return fn(box, out_shape=out, region=region, **kw)
+
+    with section(f"view rendering on {dev.type}"):
+        m_ad = measure(lambda: call(pred.predict), dev, repeats)  # box features cached: a pan/zoom re-render
+        stats_ad = pred.last_stats
+        m_de = measure(lambda: call(pred.predict, dense=True), dev, 1, warmup=0)
+        stats_de = pred.last_stats
+        m_up = measure(lambda: call(pred.predict_backbone), dev, repeats)
+    prob_ad, prob_de = m_ad.result, m_de.result
+    target = VIEW_TARGET_S.get(dev.type)
+    common = {"device": dev.type, "precision": precision(dev), "region": [float(v) for v in region],
+              "out_shape": list(out), "zoom": out[0] / side}
+    return [
+        {**common, "method": "I-MedSAM adaptive", **m_ad.to_dict(), "points_per_pixel": stats_ad.fraction,
+         "dice_vs_dense": _dice(prob_ad > 0.5, prob_de > 0.5), "target_s": target,
+         "target_met": None if target is None else bool(m_ad.median < target)},
+        {**common, "method": "I-MedSAM dense", **m_de.to_dict(), "points_per_pixel": stats_de.fraction,
+         "dice_vs_dense": 1.0},
+        {**common, "method": "backbone decoder + bilinear", **m_up.to_dict(), "points_per_pixel": None,
+         "dice_vs_dense": None},
+    ]
+
+
+def box_table(rows: list[dict]) -> str:
+    head = ["method", "output", "device", "includes", "median ms", "peak MiB", "INR points / pixel",
+            "Dice vs dense", "repeats"]
+    body = [[r["method"], "x".join(map(str, r["out_shape"])) + f" ({r['scale']}x)",
+             f"{r['device']} ({r['precision']})", r["includes"], fmt(r["median_s"], 0, 1e3),
+             fmt(r.get("peak_mib"), 0), fmt(r["points_per_pixel"], 3), fmt(r["dice_vs_dense"], 4),
+             r["repeats"]] for r in rows]
+    return markdown_table(head, body)
+
+
+def view_table(rows: list[dict]) -> str:
+    head = ["method", "window", "device", "median ms", "peak MiB", "INR points / pixel", "Dice vs dense",
+            "repeats", "target"]
+    body = []
+    for r in rows:
+        y0, x0, y1, x1 = r["region"]
+        target = "-" if "target_s" not in r else f"< {r['target_s'] * 1e3:.0f} ms: {verdict(r['target_met'])}"
+        body.append([r["method"], f"{y1 - y0:.0f}x{x1 - x0:.0f} px -> {r['out_shape'][0]}x{r['out_shape'][1]}",
+                     f"{r['device']} ({r['precision']})", fmt(r["median_s"], 1, 1e3), fmt(r.get("peak_mib"), 0),
+                     fmt(r["points_per_pixel"], 3), fmt(r["dice_vs_dense"], 4), r["repeats"], target])
+    return markdown_table(head, body)
+
+
+# ---- targets -------------------------------------------------------------------------------------------
+def targets(enc: list[dict], box: list[dict], view: list[dict]) -> list[dict]:
+    out = []
+    for r in enc:
+        out.append({"target": f"LoRA + FA cost <= 10 % over the plain backbone ({r['backbone']} "
+                              f"{r['image_size']}, {r['device']})", "value": r["overhead"], "met": r["target_met"]})
+    for dev in dict.fromkeys(r["device"] for r in box):
+        ad1 = next(r for r in box if r["device"] == dev and r["scale"] == 1 and r["method"] == "I-MedSAM adaptive")
+        out.append({"target": f"box -> mask at 1x within 2x of the backbone decoder ({dev})",
+                    "value": ad1["ratio_to_backbone"], "met": bool(ad1["ratio_to_backbone"] <= DECODER_RATIO_TARGET)})
+        ad4 = next(r for r in box if r["device"] == dev and r["scale"] == 4 and r["method"] == "I-MedSAM adaptive")
+        out.append({"target": f"adaptive at 4x evaluates <= 20 % of dense's points ({dev})",
+                    "value": ad4["fraction_of_dense"],
+                    "met": bool(ad4["fraction_of_dense"] <= ADAPTIVE_FRACTION_TARGET)})
+        out.append({"target": f"adaptive at 4x: Dice >= 0.995 against dense ({dev})", "value": ad4["dice_vs_dense"],
+                    "met": bool(ad4["dice_vs_dense"] >= ADAPTIVE_DICE_TARGET)})
+    for r in view:
+        if r.get("target_met") is not None:
+            out.append({"target": f"view re-render under {r['target_s'] * 1e3:.0f} ms ({r['device']})",
+                        "value": r["median_s"], "met": r["target_met"]})
+    return out
+
+
+def targets_table(rows: list[dict]) -> str:
+    return markdown_table(["target", "measured", "status"],
+                          [[t["target"], fmt(t["value"], 3), verdict(t["met"])] for t in rows])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = base_parser("speed", "Speed and memory of napari-imedsam beside its baselines (markdown tables).")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("encoder", "render", "finetune"),
+                        help="sections to leave out")
+    args = parser.parse_args(argv)
+    devices = devices_for(args.device)
+    repeats = args.repeats or (1 if args.quick else 3)
+    info = machine_info()
+    result: dict = {"machine": info, "quick": args.quick, "repeats": repeats, "encoder": [], "box_to_mask": [],
+                    "view": [], "finetune": [], "render_setting": {}}
+    if "encoder" not in args.skip:
+        result["encoder"] = encoder_rows(devices, args.quick, repeats)
+    if "render" not in args.skip:
+        result["box_to_mask"], result["view"], result["render_setting"] = render_rows(devices, args.quick, repeats)
+    if "finetune" not in args.skip:
+        result["finetune"] = finetune_rows(devices, args.quick, repeats)
+    result["targets"] = targets(result["encoder"], result["box_to_mask"], result["view"])
+
+    lines = [f"Machine: {machine_line(info)}", ""]
+    if result["encoder"]:
+        lines += ["### Encoder: plain backbone vs + LoRA + FA (one image, no grad)", "",
+                  encoder_table(result["encoder"]), ""]
+    if result["box_to_mask"]:
+        s = result["render_setting"]
+        lines += [f"### Box -> mask with a cached embedding ({s['head']}; {s['image']}, object "
+                  f"{s['object_pixels']} px)", "", box_table(result["box_to_mask"]), ""]
+        lines += ["### View rendering (box cached, a pan/zoom re-render)", "", view_table(result["view"]), ""]
+    if result["finetune"]:
+        lines += ["### Fine-tuning (src_training.trainer.fit)", "", finetune_table(result["finetune"]), ""]
+    lines += ["### Targets", "", targets_table(result["targets"])]
+    print("\n".join(lines))
+    write_json(args.json, result)
+    print(f"\nwrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

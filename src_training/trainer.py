@@ -1,0 +1,410 @@
+"""The one training loop (used by ``imedsam-train``, torchrun and the napari fine-tune widget).
+
+``fit(model, train, val, config)`` trains the parts in ``config.parts`` with AdamW (INR at ``lr_inr``, the
+rest at ``lr_rest``, linear decay to 0), the coarse + fine BCE/Dice loss, gradient accumulation, optional
+bf16 autocast on CUDA, validation Dice on ``val`` (best adapters kept), checkpoints that resume exactly, and
+multi-process data parallelism when a torch.distributed process group is running (see ``distributed``).
+
+Batch size is GLOBAL: with W processes each one takes a disjoint 1/W shard of every batch (``batch_size``
+must be a multiple of W), so the same command gives the same optimisation on 1 or W devices. Validation is
+sharded the same way (sums all-reduced); rank 0 alone writes files.
+
+A run is a pure function of its seed: stopping (``Callbacks.should_stop``) and resuming from ``last.ckpt``
+gives bit-identical adapters to an uninterrupted run (tested), with or without gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_imedsam.engine.device import resolve_device
+from napari_imedsam.model import save_adapters
+from napari_imedsam.model.imedsam import PART_NAMES, IMedSAM
+
+from . import checkpoint as ckpt_io
+from . import distributed
+from .batching import IndexStream, case_groups, collate, prepared_batches, sample_rngs
+from .data.sample import Sample
+from .evaluate import dice_scores, evaluate_dice
+from .losses import coarse_weight_at, training_loss
+
+__all__ = ["Callbacks", "FitResult", "TrainConfig", "evaluate_dice", "fit"]
+
+# TrainConfig fields that may change between a run and its resumption (they do not change the maths)
+RESUMABLE_CHANGES = ("device", "checkpoint_every", "workers", "val_every")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (see DESIGN.md "Training" for the paper's values)."""
+
+    steps: int = 1000
+    batch_size: int = 4  # global: split across processes
+    lr_inr: float = 1e-3
+    lr_rest: float = 5e-5
+    weight_decay: float = 0.01
+    points: int | None = None  # None = whole label grid, int = random subset per image
+    jitter: int = 20
+    bce_weight: float = 0.5
+    dice_weight: float = 0.5
+    coarse_weight_start: float = 1.0
+    coarse_weight_end: float = 0.1
+    accumulate: int = 1
+    seed: int = 0
+    val_every: int = 0  # 0 = once per epoch
+    checkpoint_every: int = 0  # 0 = only at the end (and when stopped)
+    parts: tuple[str, ...] = ("lora", "fa", "decoder", "inr")
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA only
+    cache_embeddings: bool = False  # only when neither "lora" nor "fa" trains: encode each image once
+    augment: bool = False  # random flips and transposes (not in the paper; helps tiny datasets)
+    workers: int = 0  # DataLoader worker processes for reading/preparing samples
+    val_batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        self.parts = tuple(self.parts)
+        unknown = set(self.parts) - set(PART_NAMES)
+        if unknown or not self.parts:
+            raise ValueError(f"parts must be a non-empty subset of {PART_NAMES}, got {self.parts}")
+        for name in ("steps", "batch_size", "accumulate", "val_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.points is not None and self.points < 1:
+            raise ValueError(f"points must be None (whole grid) or >= 1, got {self.points}")
+        if self.cache_embeddings and {"lora", "fa"} & set(self.parts):
+            raise ValueError("cache_embeddings needs a frozen encoder: remove 'lora' and 'fa' from parts "
+                             f"(got {self.parts}), or switch cache_embeddings off.")
+        if min(self.lr_inr, self.lr_rest, self.weight_decay, self.jitter, self.val_every,
+               self.checkpoint_every, self.workers) < 0:
+            raise ValueError("learning rates, weight_decay, jitter, val_every, checkpoint_every and workers "
+                             "must be >= 0")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "parts": list(self.parts)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if k == "parts" else v) for k, v in data.items() if k in known})
+
+
+class Callbacks:
+    """Hooks of ``fit``; subclass and override, or pass plain functions: ``Callbacks(on_step=f)``."""
+
+    def __init__(self, on_step: Callable | None = None, on_validation: Callable | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        self._on_step, self._on_validation, self._should_stop = on_step, on_validation, should_stop
+
+    def on_step(self, step: int, total: int, loss: float, logs: dict) -> None:
+        if getattr(self, "_on_step", None):
+            self._on_step(step, total, loss, logs)
+
+    def on_validation(self, step: int, dice: float) -> None:
+        if getattr(self, "_on_validation", None):
+            self._on_validation(step, dice)
+
+    def should_stop(self) -> bool:
+        fn = getattr(self, "_should_stop", None)
+        return bool(fn()) if fn else False
+
+
+@dataclass
+class FitResult:
+    best_val_dice: float | None
+    best_step: int
+    steps_done: int
+    stopped: bool
+    history: list[dict]
+    best_adapters: dict[str, torch.Tensor]
+    out_dir: Path | None
+    seconds: float = 0.0
+    validations: list[dict] = field(default_factory=list)
+
+
+def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _load_state(model: IMedSAM, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v.to(params[k].device, params[k].dtype))
+
+
+class _Run:
+    """Mutable state of one ``fit`` call (kept together so checkpoints capture all of it)."""
+
+    def __init__(self, model: IMedSAM, train: Sequence[Sample], config: TrainConfig, device: torch.device):
+        self.model, self.config, self.device = model, config, device
+        self.dist = distributed.current()
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {config.batch_size} (global) must be a multiple of the number of "
+                             f"processes ({self.dist.world_size}).")
+        model.to(device)
+        model.set_trainable(config.parts)
+        groups = model.named_part_parameters()
+        inr = [p for _, p in groups["inr"] if p.requires_grad]
+        rest = [p for part in PART_NAMES if part != "inr" for _, p in groups[part] if p.requires_grad]
+        self.params = inr + rest
+        if not self.params:
+            raise ValueError(f"Nothing to train: the model has no parameters in parts {config.parts}.")
+        self.encoder_trains = any(p.requires_grad for _, p in groups["lora"] + groups["fa"])
+        param_groups = [g for g in ({"params": inr, "lr": config.lr_inr, "name": "inr"},
+                                    {"params": rest, "lr": config.lr_rest, "name": "rest"}) if g["params"]]
+        self.optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
+        total = config.steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: max(0.0, 1.0 - s / total))
+        self.stream = IndexStream(len(train), config.seed, case_groups(train))
+        self.step = 0
+        self.best_dice: float | None = None
+        self.best_step = -1
+        self.best_adapters: dict[str, torch.Tensor] | None = None
+        self.history: list[dict] = []
+        self.validations: list[dict] = []
+        self.embeddings: dict[tuple, torch.Tensor] = {}
+
+    # ---- checkpoint --------------------------------------------------------------------------------------
+    def payload(self, rng_state: dict) -> dict:
+        return {
+            "step": self.step, "adapters": _clone(self.model.adapter_state_dict()),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": rng_state,
+            "train_config": json.dumps(self.config.to_dict()), "model_config": self.model.config.to_json(),
+            "backbone": self.model.backbone_name, "backbone_hash": self.model.backbone_hash,
+            "best_dice": -1.0 if self.best_dice is None else self.best_dice, "best_step": self.best_step,
+            "best_adapters": self.best_adapters or {}, "history": json.dumps(self.history),
+            "validations": json.dumps(self.validations), "world_size": self.dist.world_size,
+            "rank": self.dist.rank,
+        }
+
+    def restore(self, ckpt: dict) -> None:
+        cfg = TrainConfig.from_dict(json.loads(ckpt["train_config"]))
+        diffs = [f"{f.name}: {getattr(cfg, f.name)!r} -> {getattr(self.config, f.name)!r}" for f in fields(cfg)
+                 if f.name not in RESUMABLE_CHANGES and getattr(cfg, f.name) != getattr(self.config, f.name)]
+        model_cfg = type(self.model.config).from_json(ckpt["model_config"])
+        diffs += [f"model {d}" for d in model_cfg.architecture_differences(self.model.config)]
+        if ckpt["backbone"] != self.model.backbone_name or ckpt["backbone_hash"] != self.model.backbone_hash:
+            diffs.append(f"backbone {ckpt['backbone']} ({ckpt['backbone_hash']}) -> {self.model.backbone_name} "
+                         f"({self.model.backbone_hash})")
+        if diffs:
+            raise ValueError("Cannot resume: the checkpoint was made with other settings (" + "; ".join(diffs)
+                             + "). Resume with the same settings, or start a new run in another folder.")
+        _load_state(self.model, ckpt["adapters"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step = int(ckpt["step"])
+        self.best_dice = None if ckpt["best_dice"] < 0 else float(ckpt["best_dice"])
+        self.best_step = int(ckpt["best_step"])
+        self.best_adapters = dict(ckpt["best_adapters"]) or None
+        self.history = json.loads(ckpt["history"])
+        self.validations = json.loads(ckpt["validations"])
+        ckpt_io.restore_rng(ckpt["rng"], self.device)
+
+    # ---- one optimisation step ---------------------------------------------------------------------------
+    def index_lists(self) -> Iterator[list[int]]:
+        """This rank's shard of every micro-batch from the current step on (deterministic)."""
+        cfg, pos = self.config, self.step * self.config.accumulate * self.config.batch_size
+        while True:
+            yield distributed.shard(self.stream.take(pos, cfg.batch_size), self.dist)
+            pos += cfg.batch_size
+
+    def micro_loss(self, items, micro: int) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        slots = distributed.shard(range(cfg.batch_size), self.dist)
+        batch = collate(items, sample_rngs(cfg.seed, self.step, micro, slots), cfg.jitter, cfg.points, cfg.augment)
+        batch = batch.to(self.device)
+        amp = cfg.amp and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            embedding = None
+            if not self.encoder_trains:
+                embedding = self.embed(batch)
+            out = self.model.forward_train(batch.images, batch.boxes, batch.points, batch.valid_hw,
+                                           embedding=embedding)
+        cw = coarse_weight_at(self.step, cfg.steps, cfg.coarse_weight_start, cfg.coarse_weight_end)
+        return training_loss(out, batch.labels, batch.weights, cw, cfg.bce_weight, cfg.dice_weight)
+
+    def embed(self, batch) -> torch.Tensor:
+        """Frozen encoder: no graph; with cache_embeddings each image is encoded once per run."""
+        with torch.no_grad():
+            if not self.config.cache_embeddings:
+                return self.model.encode(batch.images)
+            missing = [i for i, k in enumerate(batch.keys) if k not in self.embeddings]
+            if missing:
+                emb = self.model.encode(batch.images[missing])
+                for j, i in enumerate(missing):
+                    self.embeddings[batch.keys[i]] = emb[j]
+            return torch.stack([self.embeddings[k] for k in batch.keys])
+
+
+def _grad_norm(params: Sequence[torch.nn.Parameter]) -> float:
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one step on one rank: dropout draws depend only on (seed, step, rank), so a resumed
+    run (any number of processes) draws exactly what the uninterrupted run drew."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _optimisation_step(run: _Run, loader: Iterator, callbacks: Callbacks) -> dict | None:
+    """One optimiser step over ``accumulate`` micro-batches; None (and nothing changed) when a stop is
+    requested before it completes."""
+    cfg, dist = run.config, run.dist
+    torch.manual_seed(_step_seed(cfg.seed, run.step, dist.rank))
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_sum, parts_sum = 0.0, {}
+    for micro in range(cfg.accumulate):
+        if _stop_requested(callbacks, run):
+            run.optimizer.zero_grad(set_to_none=True)
+            return None
+        loss, parts = run.micro_loss(next(loader), micro)
+        (loss / cfg.accumulate).backward()
+        loss_sum += float(loss.detach()) / cfg.accumulate
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.accumulate
+    distributed.average_gradients(run.params)
+    grad_norm = _grad_norm(run.params)
+    loss_avg = distributed.all_reduce_sum([loss_sum], run.device)[0] / dist.world_size
+    if not (math.isfinite(loss_avg) and math.isfinite(grad_norm)):
+        raise FloatingPointError(
+            f"Non-finite training loss ({loss_avg}) or gradient norm ({grad_norm}) at step {run.step + 1}; "
+            "the model keeps the adapters it had before this run. Lower the learning rates or check the data.")
+    lrs = {f"lr_{g['name']}": g["lr"] for g in run.optimizer.param_groups}
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    cw = coarse_weight_at(run.step - 1, cfg.steps, cfg.coarse_weight_start, cfg.coarse_weight_end)
+    return {"step": run.step, "loss": loss_avg, **parts_sum, "grad_norm": grad_norm, **lrs, "coarse_weight": cw}
+
+
+def _stop_requested(callbacks: Callbacks, run: _Run) -> bool:
+    flag = 1.0 if callbacks.should_stop() else 0.0
+    if run.dist.enabled:  # every rank stops at the same step
+        flag = distributed.all_reduce_sum([flag], run.device)[0]
+    return flag > 0
+
+
+def _validate(run: _Run, val: Sequence[Sample]) -> float:
+    """Mean validation Dice; with several processes each scores a shard and the sums are all-reduced.
+    The RNG state is untouched, so validating does not change the training that follows."""
+    idx = distributed.shard(range(len(val)), run.dist)
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        scores = dice_scores(run.model, [val[i] for i in idx], run.device, run.config.val_batch_size) if idx else []
+    total, count = distributed.all_reduce_sum([sum(scores), len(scores)], run.device)
+    run.model.train()
+    return total / max(count, 1)
+
+
+def _validation(run: _Run, val: Sequence[Sample], callbacks: Callbacks, out: Path | None) -> None:
+    """Validate, keep the best adapters (and write them, rank 0), tell the callbacks."""
+    dice = _validate(run, val)
+    run.validations.append({"step": run.step, "val_dice": dice})
+    run.history[-1]["val_dice"] = dice
+    if run.best_dice is None or dice > run.best_dice:
+        run.best_dice, run.best_step = dice, run.step
+        run.best_adapters = _clone(run.model.adapter_state_dict())
+        if out is not None and run.dist.is_main:
+            save_adapters(run.model, out / "adapters.safetensors",
+                          extra={"val_dice": f"{dice:.6f}", "step": str(run.step)})
+    callbacks.on_validation(run.step, dice)
+
+
+def _checkpoint(run: _Run, out: Path) -> None:
+    if run.dist.is_main:
+        ckpt_io.save_checkpoint(out / ckpt_io.CHECKPOINT_NAME, run.payload(ckpt_io.capture_rng(run.device)))
+
+
+def _write_outputs(run: _Run, out: Path, stopped: bool, seconds: float) -> None:
+    summary = {"best_val_dice": run.best_dice, "best_step": run.best_step, "steps_done": run.step,
+               "stopped": stopped, "seconds": seconds, "world_size": run.dist.world_size,
+               "backbone": run.model.backbone_name, "train_config": run.config.to_dict(),
+               "model_config": json.loads(run.model.config.to_json()), "validations": run.validations,
+               "final_loss": run.history[-1]["loss"] if run.history else None}
+    ckpt_io.write_json(out / "metrics.json", summary)
+    ckpt_io.write_csv(out / "loss_log.csv", run.history)
+
+
+def fit(model: IMedSAM, train: Sequence[Sample], val: Sequence[Sample] | None, config: TrainConfig,
+        callbacks: Callbacks | None = None, out_dir: str | Path | None = None, resume: bool = False) -> FitResult:
+    """Train ``model`` in place; return with the best adapters (by validation Dice) loaded.
+
+    Raises ``FloatingPointError`` on a non-finite loss or gradient, after restoring the adapters the model
+    had when ``fit`` was called. When ``callbacks.should_stop()`` turns true the run ends within one step,
+    with ``stopped=True``, the best validated adapters loaded (the starting ones if nothing was validated
+    yet; the current ones when ``val`` is None) and, with ``out_dir``, a checkpoint to resume from.
+    ``out_dir`` receives adapters.safetensors (best), last.ckpt, metrics.json and loss_log.csv (rank 0).
+    """
+    callbacks = callbacks or Callbacks()
+    info = distributed.current()
+    device = resolve_device(config.device)
+    if info.enabled and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", info.local_rank)
+    out = Path(out_dir) if out_dir is not None else None
+    if len(train) == 0:
+        raise ValueError("The training set is empty.")
+    start_adapters = _clone(model.adapter_state_dict())
+    run = _Run(model, train, config, device)
+    val = val if val is not None and len(val) > 0 else None
+    epoch_steps = math.ceil(len(train) / (config.batch_size * config.accumulate))
+    val_every = config.val_every or epoch_steps
+    t0 = time.perf_counter()
+    stopped = False
+    python_random = random.getstate()
+    loader = None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            if resume:
+                if out is None:
+                    raise ValueError("resume=True needs out_dir (where last.ckpt is).")
+                run.restore(ckpt_io.load_checkpoint(out / ckpt_io.CHECKPOINT_NAME))
+            else:
+                random.seed(config.seed)
+                distributed.broadcast_parameters(run.params)
+            loader = prepared_batches(train, model.image_size, run.index_lists(), config.workers)
+            model.train()
+            while run.step < config.steps:
+                logs = _optimisation_step(run, loader, callbacks)
+                if logs is None:
+                    stopped = True
+                    break
+                logs["seconds"] = time.perf_counter() - t0
+                run.history.append(logs)
+                callbacks.on_step(run.step, config.steps, logs["loss"], logs)
+                if val is not None and (run.step % val_every == 0 or run.step == config.steps):
+                    _validation(run, val, callbacks, out)
+                every = config.checkpoint_every
+                if out is not None and (run.step == config.steps or (every and run.step % every == 0)):
+                    _checkpoint(run, out)
+            if stopped and out is not None:
+                _checkpoint(run, out)
+        except BaseException:
+            _load_state(model, start_adapters)
+            model.eval()
+            raise
+        finally:
+            if loader is not None:
+                loader.close()  # stops DataLoader workers
+            random.setstate(python_random)
+    if val is None:
+        final = _clone(model.adapter_state_dict())
+    else:
+        final = run.best_adapters if run.best_adapters is not None else start_adapters
+        _load_state(model, final)
+    model.eval()
+    seconds = time.perf_counter() - t0
+    if out is not None and info.is_main:
+        if val is None or run.best_adapters is None:
+            save_adapters(model, out / "adapters.safetensors", extra={"step": str(run.step)})
+        _write_outputs(run, out, stopped, seconds)
+    return FitResult(run.best_dice, run.best_step, run.step, stopped, run.history, final, out, seconds,
+                     run.validations)

@@ -1,0 +1,79 @@
+"""The benchmarks run end to end on tiny settings (``--quick``) and write well-formed JSON.
+
+No timing is asserted: the numbers depend on the machine. Each benchmark runs as a subprocess from the
+repository root, exactly as a user runs it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(name: str, json_path: Path, *extra: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--quick", "--device", "cpu", "--json",
+                           str(json_path), *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "| " in proc.stdout  # a markdown table was printed
+    text = json_path.read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON
+    return json.loads(text)
+
+
+def check_machine(info: dict) -> None:
+    for key in ("cpu", "logical_cpus", "torch_threads", "torch", "gpu"):
+        assert key in info
+
+
+@pytest.mark.slow
+def test_speed_quick(tmp_path):
+    result = run_benchmark("speed", tmp_path / "speed.json")
+    check_machine(result["machine"])
+    for key in ("encoder", "box_to_mask", "view", "finetune", "targets"):
+        assert result[key], key
+    enc = result["encoder"][0]
+    for key in ("backbone", "image_size", "device", "plain", "adapted", "overhead", "target_met"):
+        assert key in enc
+    assert enc["plain"]["median_s"] > 0 and enc["adapted"]["median_s"] > 0
+    methods = {r["method"] for r in result["box_to_mask"]}
+    assert {"backbone decoder + bilinear", "I-MedSAM adaptive", "I-MedSAM dense"} <= methods
+    for r in result["box_to_mask"]:
+        assert r["median_s"] > 0
+        if r["method"].startswith("I-MedSAM"):
+            assert 0 < r["points_per_pixel"] <= 1.0
+            assert 0.0 <= r["dice_vs_dense"] <= 1.0
+    assert {4} <= {r["scale"] for r in result["box_to_mask"]}
+    assert any(r.get("target_met") is not None for r in result["view"])
+    for r in result["finetune"]:
+        assert r["median_s"] > 0 and r["backbone"] == "tiny"
+    for t in result["targets"]:
+        assert set(t) == {"target", "value", "met"} and isinstance(t["met"], bool)
+
+
+@pytest.mark.slow
+def test_accuracy_quick(tmp_path):
+    if importlib.util.find_spec("stardist") is None:
+        pytest.skip("needs the stardist data files: pip install --no-deps stardist==0.9.1")
+    result = run_benchmark("accuracy", tmp_path / "accuracy.json")
+    check_machine(result["machine"])
+    assert result["data"]["nuclei"] > 0
+    rows = result["rows"]
+    assert {r["method"] for r in rows} == {"I-MedSAM", "backbone + bilinear", "box as mask"}
+    assert len({r["setting"] for r in rows}) == 3  # native, 1/2, 1/4
+    for r in rows:
+        assert 0.0 <= r["dice"] <= 1.0 and r["n"] == result["data"]["nuclei"]
+        assert r["hd95"] is None or (math.isfinite(r["hd95"]) and r["hd95"] >= 0)
+    assert result["finetune"]
+    for r in result["finetune"]:
+        assert r["train_nuclei"] > 0 and r["held_out"] > 0
+        assert 0.0 <= r["before"]["dice"] <= 1.0 and 0.0 <= r["after"]["dice"] <= 1.0
+    assert result["finetune_settings"]["parts"]
