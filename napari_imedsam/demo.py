@@ -82,12 +82,17 @@ def run_demo(viewer, scene: DemoScene, backbone: str = "litemedsam", device: str
 
 
 def _close_toasts(viewer) -> None:
-    """Close notification pop-ups (they stay in the notification list) so the screenshot shows the work."""
+    """Close notification pop-ups (they stay in the notification list) and bring the Segment widget to the
+    front, so the screenshot shows the work."""
     from napari._qt.dialogs.qt_notification import NapariQtNotification
 
     for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
         toast.close()
-    from qtpy.QtWidgets import QApplication
+    from qtpy.QtWidgets import QApplication, QDockWidget
+
+    for dock in viewer.window._qt_window.findChildren(QDockWidget):
+        if dock.windowTitle().startswith("Segment (I-MedSAM)"):
+            dock.raise_()  # the segmentation widget in front of its tabbed neighbour
 
     QApplication.processEvents()
 
