@@ -10,11 +10,9 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QListWidget,
     QProgressBar,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -24,23 +22,9 @@ from ..engine.device import available_devices, resolve_device
 from ..engine.finetune import default_parts
 from ..model.imedsam import PART_NAMES
 from .loss_plot import LossPlot
+from .panels import _button, _row
 
 PART_LABELS = {"lora": "LoRA", "fa": "FA", "decoder": "decoder", "inr": "INR"}
-
-
-def _row(*widgets) -> QWidget:
-    box = QWidget()
-    lay = QHBoxLayout(box)
-    lay.setContentsMargins(0, 0, 0, 0)
-    for w in widgets:
-        lay.addWidget(w)
-    return box
-
-
-def _button(text: str, tip: str) -> QPushButton:
-    b = QPushButton(text)
-    b.setToolTip(tip)
-    return b
 
 
 def _label(text: str) -> QLabel:
