@@ -123,37 +123,13 @@ def summarise(per: list[dict]) -> dict:
     return {"n": agg["n"], "dice": agg["dice"], "hd95": agg["hd95"], "hd95_n_inf": agg["hd95_n_inf"]}
 
 
-def share_embedding(model) -> None:
-    """Every training sample here is the same image: memoise ``model.encode`` by content so ``fit`` encodes
-    it once (the trainer's ``cache_embeddings`` is per sample). The encoder is frozen in these runs."""
-    import hashlib
+def widget_config(steps: int | None, n_train: int, device: torch.device) -> dict:
+    """The fine-tune widget's training configuration (``napari_imedsam.engine.finetune``) for ``n_train``
+    objects, without a held-out check (this curve scores its own held-out nuclei)."""
+    from napari_imedsam.engine.finetune import FinetuneSettings, default_parts, train_config
 
-    memo: dict[str, torch.Tensor] = {}
-    original = model.encode
-
-    def encode(images: torch.Tensor) -> torch.Tensor:
-        out = []
-        for im in images:
-            key = hashlib.sha256(im.detach().float().cpu().numpy().tobytes()).hexdigest()
-            if key not in memo:
-                memo[key] = original(im[None])[0]
-            out.append(memo[key])
-        return torch.stack(out)
-
-    model.encode = encode
-
-
-def widget_config(steps: int | None, image_hw: tuple[int, int], device: torch.device) -> dict:
-    """The fine-tune widget's defaults (``napari_imedsam.engine.finetune``) for one image of this size."""
-    from types import SimpleNamespace
-
-    from napari_imedsam.engine.finetune import ADAPTER_LR_RATIO, FinetuneSettings, box_jitter, default_parts
-
-    s = FinetuneSettings()
-    parts = tuple(default_parts(device))
-    return dict(steps=steps or s.steps, batch_size=s.batch_size, points=s.points, lr_inr=s.lr,
-                lr_rest=s.lr * ADAPTER_LR_RATIO, parts=parts, cache_embeddings=not ({"lora", "fa"} & set(parts)),
-                jitter=box_jitter([SimpleNamespace(shape=image_hw)]), seed=s.seed)
+    s = FinetuneSettings(parts=tuple(default_parts(device)), steps=steps or 0)
+    return train_config(s, n_train, False, device).to_dict()
 
 
 def finetune_curve(image: np.ndarray, nuclei: list[Nucleus], before: list[dict], backbone: str, counts: Sequence[int],
@@ -173,18 +149,14 @@ def finetune_curve(image: np.ndarray, nuclei: list[Nucleus], before: list[dict],
     held_labels = {n.label for n in held_nuclei}
     base = summarise([r for r in before if r["label"] in held_labels])
     img01 = image_to_unit(image)  # exactly what the widget trains on
-    config = widget_config(steps, image.shape[:2], device)
     rows = []
     for k in counts:
         samples = [Sample(image=img01, mask=nuclei[i].mask, source=f"stardist img2d.tif nucleus {nuclei[i].label}",
                           case_id="img2d") for i in pool[:k]]
         model = load_model(backbone)
-        if config["cache_embeddings"]:
-            share_embedding(model)
+        config = widget_config(steps, k, device)
         with section(f"fine-tune on {k} nuclei ({config['steps']} steps)"):
-            cfg = TrainConfig(**{**config, "batch_size": min(config["batch_size"], k)}, device=str(device))
-            result = fit(model, samples, None, cfg)
-        model.__dict__.pop("encode", None)  # back to the class's method
+            result = fit(model, samples, None, TrainConfig.from_dict(config))
         pred = Predictor(model, device=device)
         with autocast(device):
             pred.set_image(image)
@@ -194,7 +166,7 @@ def finetune_curve(image: np.ndarray, nuclei: list[Nucleus], before: list[dict],
                      "seconds": result.seconds, "final_loss": result.history[-1]["loss"] if result.history else None})
     settings = {**config, "parts": list(config["parts"]), "backbone": backbone, "order_seed": 0,
                 "held_out_labels": sorted(int(v) for v in held_labels),
-                "samples": "the whole image, one nucleus each (box jittered by up to jitter px in training)"}
+                "samples": "the whole image, one nucleus each (box jittered by up to jitter_fraction x its size)"}
     return rows, settings
 
 

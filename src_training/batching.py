@@ -5,10 +5,13 @@ Conventions (DESIGN.md "Training"):
 - The image goes through ``engine.preprocess.prepare`` with ``window=(0, 1)``: samples are already in
   [0, 1] (windowed CT, /255 photos), so the window is the identity and nothing is re-normalised.
 - Boxes are made from the *original* mask (pixel-edge xyxy, jittered outwards by 0..``jitter`` px per side
-  in image pixels) and converted to encoder-input pixels with ``scale_yx`` (x uses ``scale_yx[1]``).
+  in mask pixels, or by up to ``jitter_fraction`` of the box's size when set, capped by ``jitter``) and
+  converted to encoder-input pixels with ``scale_yx`` (x uses ``scale_yx[1]``).
 - Points are in encoder-input pixels inside the valid (unpadded) region: ``points=None`` is every pixel
-  centre of the training grid ((j + 0.5, i + 0.5) for i < valid_h, j < valid_w); ``points=N`` is N uniform
-  continuous points. Labels are the ORIGINAL-resolution mask at the point's image-pixel location (nearest:
+  centre of the training grid ((j + 0.5, i + 0.5) for i < valid_h, j < valid_w); ``points=N`` is N
+  continuous points drawn by ``sampling.PointMix`` (in and around the box, along the mask's edge, and a
+  uniform share of the image). Labels are the ORIGINAL-resolution mask at the point's image-pixel location
+  (nearest:
   ``mask[floor(y / sy), floor(x / sx)]``), so targets keep the native resolution's sub-pixel detail.
 - Whole grids of images with different aspect ratios have different sizes: the batch is padded to the
   largest N by repeating points with ``weight = 0`` (losses are weighted, so padding never counts).
@@ -19,6 +22,7 @@ the trainer, so a batch does not depend on how it is sharded across processes, a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,8 +31,9 @@ import torch
 
 from napari_imedsam.engine.preprocess import prepare
 
-from .data.boxes import box_from_mask
+from .data.boxes import box_from_mask, mask_to_box
 from .data.sample import Sample
+from .sampling import PointMix, sample_points
 
 UNIT_WINDOW = (0.0, 1.0)
 
@@ -37,16 +42,22 @@ UNIT_WINDOW = (0.0, 1.0)
 class PreparedSample:
     """One sample, resized and padded for the encoder, with its original-resolution mask."""
 
-    index: int  # position in the training sequence (embedding-cache key)
+    index: int  # position in the training sequence
     image: torch.Tensor  # (3, S, S) in [0, 1]
     mask: np.ndarray  # HxW bool, original resolution
     valid_hw: tuple[int, int]
     scale_yx: tuple[float, float]
-    key: tuple = ()  # identity of the encoder input (index, flips): the embedding-cache key
+    key: tuple = ()  # identity of the encoder input (image content, flips): the embedding-cache key
+    factor: int = 1  # mask pixels per image pixel (a finer ground truth for sub-pixel training)
 
     def __post_init__(self) -> None:
         if not self.key:
-            self.key = (self.index, False, False, False)
+            self.key = (content_key(self.image), False, False, False)
+
+
+def content_key(image: torch.Tensor) -> str:
+    """Identity of an encoder input by its pixels: the objects of one slice share one embedding."""
+    return hashlib.sha1(image.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 @dataclass
@@ -80,7 +91,7 @@ def prepare_sample(sample: Sample, size: int, index: int = -1) -> PreparedSample
     prep = prepare(sample.image, size, window=UNIT_WINDOW)
     # scale_yx maps *mask* pixels to input pixels: boxes and labels are read from the (possibly finer) mask
     scale = (prep.scale_yx[0] / factor, prep.scale_yx[1] / factor)
-    return PreparedSample(index, prep.tensor[0], mask, prep.valid_hw, scale)
+    return PreparedSample(index, prep.tensor[0], mask, prep.valid_hw, scale, factor=factor)
 
 
 def grid_points(valid_hw: tuple[int, int]) -> np.ndarray:
@@ -91,12 +102,6 @@ def grid_points(valid_hw: tuple[int, int]) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], axis=-1)
 
 
-def random_points(valid_hw: tuple[int, int], n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` uniform continuous points in the valid region, (n, 2) as (x, y) in input pixels."""
-    h, w = valid_hw
-    return (rng.random((n, 2)) * np.array([w, h])).astype(np.float32)
-
-
 def labels_at(mask: np.ndarray, points: np.ndarray, scale_yx: tuple[float, float]) -> np.ndarray:
     """Nearest lookup of the original mask at input-pixel points: mask[floor(y / sy), floor(x / sx)]."""
     h, w = mask.shape
@@ -105,10 +110,18 @@ def labels_at(mask: np.ndarray, points: np.ndarray, scale_yx: tuple[float, float
     return mask[row, col].astype(np.float32)
 
 
+def box_jitter_px(mask: np.ndarray, jitter: int, fraction: float) -> int:
+    """Largest shift per side: ``jitter`` px, or ``fraction`` of the box's longer side (>= 1 px, <= jitter)."""
+    if fraction <= 0 or jitter == 0:
+        return int(jitter)
+    x0, y0, x1, y1 = mask_to_box(mask)
+    return int(min(jitter, max(1, round(fraction * max(x1 - x0, y1 - y0)))))
+
+
 def input_box(mask: np.ndarray, scale_yx: tuple[float, float], jitter: int,
-              rng: np.random.Generator | None) -> np.ndarray:
-    """The (jittered) box of ``mask`` in image pixels, converted to encoder-input pixels."""
-    box = box_from_mask(mask, jitter=jitter, rng=rng)
+              rng: np.random.Generator | None, jitter_fraction: float = 0.0) -> np.ndarray:
+    """The (jittered) box of ``mask`` in mask pixels, converted to encoder-input pixels."""
+    box = box_from_mask(mask, jitter=box_jitter_px(mask, jitter, jitter_fraction), rng=rng)
     sy, sx = scale_yx
     return (box * np.array([sx, sy, sx, sy], dtype=np.float32)).astype(np.float32)
 
@@ -130,25 +143,31 @@ def flip(item: PreparedSample, horizontal: bool, vertical: bool, transpose: bool
         valid, scale = (w, h), (scale[1], scale[0])
     image = torch.zeros_like(item.image)
     image[:, : valid[0], : valid[1]] = region
-    key = (item.index, bool(horizontal), bool(vertical), bool(transpose))
-    return PreparedSample(item.index, image, np.ascontiguousarray(mask), valid, scale, key)
+    key = (item.key[0], bool(horizontal), bool(vertical), bool(transpose))
+    return PreparedSample(item.index, image, np.ascontiguousarray(mask), valid, scale, key, item.factor)
 
 
 def collate(items: Sequence[PreparedSample], rngs: Sequence[np.random.Generator], jitter: int,
-            points: int | None, augment: bool = False) -> Batch:
+            points: int | None, augment: bool = False, mix: PointMix | None = None,
+            jitter_fraction: float = 0.0) -> Batch:
     """Stack prepared samples into a :class:`Batch` (see the module docstring for the conventions).
 
     ``augment``: a random symmetry of the square (horizontal flip, vertical flip, transpose, each with
     probability 1/2, drawn first from the sample's rng). With few training images this keeps the INR
-    from memorising absolute positions."""
+    from memorising absolute positions. ``mix``: where ``points`` are drawn (default ``PointMix()``)."""
     if len(items) != len(rngs) or not items:
         raise ValueError("collate needs one rng per item and at least one item")
     if augment:
         items = [flip(it, *(rng.random(3) < 0.5)) for it, rng in zip(items, rngs)]
+    mix = mix or PointMix()
     boxes, pts, labels = [], [], []
     for item, rng in zip(items, rngs):
-        boxes.append(input_box(item.mask, item.scale_yx, jitter, rng))
-        p = grid_points(item.valid_hw) if points is None else random_points(item.valid_hw, points, rng)
+        box = input_box(item.mask, item.scale_yx, jitter, rng, jitter_fraction)
+        boxes.append(box)
+        if points is None:
+            p = grid_points(item.valid_hw)
+        else:
+            p = sample_points(item.mask, box, item.valid_hw, item.scale_yx, points, mix, rng, item.factor)
         pts.append(p)
         labels.append(labels_at(item.mask, p, item.scale_yx))
     n = max(len(p) for p in pts)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from napari_imedsam.engine.device import resolve_device
 from napari_imedsam.model.imedsam import IMedSAM
 
 from .batching import input_box, prepare_sample
+from .data.boxes import mask_to_box
 from .data.sample import Sample
 from .metrics import aggregate, compute_metrics, dice
 
@@ -51,13 +52,25 @@ def resize_nearest(mask: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
     return mask[np.ix_(rows, cols)]
 
 
+def box_window(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1): the mask's box grown by its own size on each side (>= 8 px), clipped to the mask."""
+    x0, y0, x1, y1 = (int(v) for v in mask_to_box(mask))
+    m = max(8, x1 - x0, y1 - y0)
+    return max(0, y0 - m), max(0, x0 - m), min(mask.shape[0], y1 + m), min(mask.shape[1], x1 + m)
+
+
 @torch.no_grad()
 def render_logits(model: IMedSAM, samples: Sequence[Sample], device: str | torch.device = "auto",
-                  batch_size: int = 4, resolutions: Sequence[int | None] = (None,), baseline: bool = False
+                  batch_size: int = 4, resolutions: Sequence[int | None] = (None,), baseline: bool = False,
+                  encode: Callable[[torch.Tensor, list[tuple]], torch.Tensor] | None = None,
+                  windowed: bool = False
                   ) -> Iterator[tuple[int, dict[int | None, tuple[np.ndarray, np.ndarray | None]]]]:
     """For each sample (in order): ``(index, {resolution: (inr_logits, baseline_logits or None)})``.
 
-    Tight boxes from the masks, ``model.eval()``, batched encoder passes, dense queries in chunks."""
+    Tight boxes from the masks, ``model.eval()``, batched encoder passes, dense queries in chunks.
+    ``encode(images, keys)``: a caching encoder (the trainer's, so validation encodes each image once per
+    run). ``windowed``: at native resolution only the window around the box (``box_window``) is queried and
+    the rest is background (-inf), as the accuracy benchmark scores; for many small objects in large images."""
     dev = resolve_device(device)
     model.to(dev).eval()
     size = model.image_size
@@ -66,7 +79,8 @@ def render_logits(model: IMedSAM, samples: Sequence[Sample], device: str | torch
         images = torch.stack([c.image for c in chunk]).to(dev)
         boxes = torch.from_numpy(np.stack([input_box(c.mask, c.scale_yx, 0, None) for c in chunk])).to(dev)
         valid = torch.tensor([c.valid_hw for c in chunk], dtype=torch.float32, device=dev)
-        feats = model.decode_box(model.encode(images), boxes)
+        embedding = model.encode(images) if encode is None else encode(images, [c.key for c in chunk])
+        feats = model.decode_box(embedding, boxes)
         tau = model.uncertainty_threshold(feats, valid)
         for i, item in enumerate(chunk):
             fi = feats.index(i)
@@ -75,8 +89,9 @@ def render_logits(model: IMedSAM, samples: Sequence[Sample], device: str | torch
             for res in resolutions:
                 oh, ow = output_shape(item.mask.shape, res)
                 h, w = item.mask.shape
-                ys = (np.arange(oh, dtype=np.float32) + 0.5) * (h / oh) * item.scale_yx[0]
-                xs = (np.arange(ow, dtype=np.float32) + 0.5) * (w / ow) * item.scale_yx[1]
+                wy0, wx0, wy1, wx1 = box_window(item.mask) if windowed and res is None else (0, 0, oh, ow)
+                ys = (np.arange(wy0, wy1, dtype=np.float32) + 0.5) * (h / oh) * item.scale_yx[0]
+                xs = (np.arange(wx0, wx1, dtype=np.float32) + 0.5) * (w / ow) * item.scale_yx[1]
                 gy, gx = np.meshgrid(ys, xs, indexing="ij")
                 pts = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], -1)).to(dev)
                 inr, base = [], []
@@ -87,27 +102,38 @@ def render_logits(model: IMedSAM, samples: Sequence[Sample], device: str | torch
                         grid = (p / size * 2 - 1).unsqueeze(2)
                         base.append(F.grid_sample(fi.lowres_logit, grid, mode="bilinear", padding_mode="border",
                                                   align_corners=False)[0, 0, :, 0].float().cpu())
-                out[res] = (torch.cat(inr).numpy().reshape(oh, ow),
-                            torch.cat(base).numpy().reshape(oh, ow) if baseline else None)
+                out[res] = (_place(torch.cat(inr).numpy(), (oh, ow), (wy0, wx0, wy1, wx1)),
+                            _place(torch.cat(base).numpy(), (oh, ow), (wy0, wx0, wy1, wx1)) if baseline else None)
             yield item.index, out
 
 
+def _place(values: np.ndarray, shape: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
+    """Window values into a full grid of -inf (background) logits."""
+    y0, x0, y1, x1 = window
+    if (y0, x0, y1, x1) == (0, 0, *shape):
+        return values.reshape(shape)
+    full = np.full(shape, -np.inf, dtype=np.float32)
+    full[y0:y1, x0:x1] = values.reshape(y1 - y0, x1 - x0)
+    return full
+
+
 def dice_scores(model: IMedSAM, samples: Sequence[Sample], device: str | torch.device = "auto",
-                batch_size: int = 4) -> list[float]:
-    """Dice of the INR mask (logit > 0) at each sample's own resolution, tight boxes."""
+                batch_size: int = 4, encode: Callable | None = None, windowed: bool = False) -> list[float]:
+    """Dice of the INR mask (logit > 0) at each sample's own resolution, tight boxes (see
+    ``render_logits`` for ``encode`` and ``windowed``)."""
     scores = []
-    for i, out in render_logits(model, samples, device, batch_size):
+    for i, out in render_logits(model, samples, device, batch_size, encode=encode, windowed=windowed):
         scores.append(dice(out[None][0] > 0, np.asarray(samples[i].mask, dtype=bool)))
     return scores
 
 
 def evaluate_dice(model: IMedSAM, samples: Sequence[Sample], device: str | torch.device = "auto",
-                  batch_size: int = 4) -> float:
+                  batch_size: int = 4, encode: Callable | None = None, windowed: bool = False) -> float:
     """Mean Dice at each sample's own resolution with tight boxes, in ``model.eval()`` mode (the model is
     moved to ``device``)."""
     if len(samples) == 0:
         raise ValueError("evaluate_dice needs at least one sample")
-    return float(np.mean(dice_scores(model, samples, device, batch_size)))
+    return float(np.mean(dice_scores(model, samples, device, batch_size, encode, windowed)))
 
 
 def evaluate_samples(model: IMedSAM, samples: Sequence[Sample], resolutions: Sequence[int] | None = None,

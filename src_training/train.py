@@ -21,6 +21,10 @@ DEBUG_DUMP_ENV = "IMEDSAM_DEBUG_DUMP_RANKS"  # =1: every rank writes OUT/rank{r}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from napari_imedsam.model.imedsam import PART_NAMES
+
+    from .sampling import DEFAULT_MIX
+
     p = argparse.ArgumentParser(
         prog="imedsam-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train I-MedSAM (LoRA + frequency adapters + implicit decoder) on a segmentation dataset. "
@@ -44,10 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-inr", type=float, default=1e-3, help="learning rate of the INR heads")
     g.add_argument("--lr-rest", type=float, default=5e-5, help="learning rate of LoRA, FA and the decoder")
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    g.add_argument("--points", type=int, help="random query points per image (default: the whole label grid)")
+    g.add_argument("--points", type=int,
+                   help="query points per object and step, drawn by --point-mix (default: the whole label grid, "
+                        "the paper's setting)")
+    g.add_argument("--point-mix", type=float, nargs=3, metavar=("BOX", "BOUNDARY", "UNIFORM"),
+                   default=[DEFAULT_MIX["box"], DEFAULT_MIX["boundary"], DEFAULT_MIX["uniform"]],
+                   help="shares of --points in and around the box, along the mask's edge and over the whole "
+                        "image (0 0 1: the uniform sampler)")
+    g.add_argument("--box-margin", type=float, default=DEFAULT_MIX["margin"],
+                   help="the box points' box is grown by this fraction of its size per side")
+    g.add_argument("--boundary-band", type=float, default=DEFAULT_MIX["band"],
+                   help="half-width of the edge band, image pixels")
     g.add_argument("--jitter", type=int, default=20, help="max box jitter per side in training, image pixels")
-    g.add_argument("--parts", nargs="+", default=["lora", "fa", "decoder", "inr"],
-                   choices=["lora", "fa", "decoder", "inr"], help="what trains")
+    g.add_argument("--jitter-fraction", type=float, default=0.0,
+                   help="max box jitter per side as a fraction of the box's size, capped by --jitter (0: off)")
+    g.add_argument("--augment", action="store_true", help="random flips and 90-degree turns")
+    g.add_argument("--parts", nargs="+", default=list(PART_NAMES), choices=list(PART_NAMES),
+                   help="what trains (mask_decoder: SAM's two-way transformer and hypernetwork MLPs)")
+    g.add_argument("--patience", type=int, default=0,
+                   help="stop after this many validations without a better Dice (0: run every step)")
     g.add_argument("--cache-embeddings", action="store_true",
                    help="encode each image once (only when lora and fa are not in --parts)")
     g.add_argument("--seed", type=int, default=0, help="seed of the data order, boxes, points and dropout")
@@ -188,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = TrainConfig(
                 steps=args.steps, batch_size=args.batch_size, lr_inr=args.lr_inr, lr_rest=args.lr_rest,
                 weight_decay=args.weight_decay, points=args.points, jitter=args.jitter, accumulate=args.accumulate,
+                mix_box=args.point_mix[0], mix_boundary=args.point_mix[1], mix_uniform=args.point_mix[2],
+                box_margin=args.box_margin, boundary_band=args.boundary_band, jitter_fraction=args.jitter_fraction,
+                augment=args.augment, patience=args.patience,
                 seed=args.seed, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
                 parts=tuple(args.parts), device=device, amp=not args.no_amp, cache_embeddings=args.cache_embeddings,
                 workers=args.workers)

@@ -36,11 +36,12 @@ from .batching import IndexStream, case_groups, collate, prepared_batches, sampl
 from .data.sample import Sample
 from .evaluate import dice_scores, evaluate_dice
 from .losses import coarse_weight_at, training_loss
+from .sampling import DEFAULT_MIX, PointMix
 
 __all__ = ["Callbacks", "FitResult", "TrainConfig", "evaluate_dice", "fit"]
 
 # TrainConfig fields that may change between a run and its resumption (they do not change the maths)
-RESUMABLE_CHANGES = ("device", "checkpoint_every", "workers", "val_every")
+RESUMABLE_CHANGES = ("device", "checkpoint_every", "workers", "val_every", "patience", "val_window")
 
 
 @dataclass
@@ -52,8 +53,15 @@ class TrainConfig:
     lr_inr: float = 1e-3
     lr_rest: float = 5e-5
     weight_decay: float = 0.01
-    points: int | None = None  # None = whole label grid, int = random subset per image
-    jitter: int = 20
+    points: int | None = None  # None = whole label grid, int = points per image drawn by the point mix
+    # the point mix (sampling.PointMix): shares in the grown box, along the mask's edge, uniform
+    mix_box: float = DEFAULT_MIX["box"]
+    mix_boundary: float = DEFAULT_MIX["boundary"]
+    mix_uniform: float = DEFAULT_MIX["uniform"]
+    box_margin: float = DEFAULT_MIX["margin"]  # growth of the box per side for its points, x box size
+    boundary_band: float = DEFAULT_MIX["band"]  # half-width of the edge band, image pixels
+    jitter: int = 20  # max box jitter per side, pixels
+    jitter_fraction: float = 0.0  # > 0: max jitter per side is this fraction of the box's size (capped by jitter)
     bce_weight: float = 0.5
     dice_weight: float = 0.5
     coarse_weight_start: float = 1.0
@@ -61,8 +69,10 @@ class TrainConfig:
     accumulate: int = 1
     seed: int = 0
     val_every: int = 0  # 0 = once per epoch
+    patience: int = 0  # stop after this many validations without a better Dice (0: never stop early)
+    val_window: bool = False  # score each held-out object in a window around its box (cheap; outside = 0)
     checkpoint_every: int = 0  # 0 = only at the end (and when stopped)
-    parts: tuple[str, ...] = ("lora", "fa", "decoder", "inr")
+    parts: tuple[str, ...] = PART_NAMES
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only
     cache_embeddings: bool = False  # only when neither "lora" nor "fa" trains: encode each image once
@@ -83,10 +93,14 @@ class TrainConfig:
         if self.cache_embeddings and {"lora", "fa"} & set(self.parts):
             raise ValueError("cache_embeddings needs a frozen encoder: remove 'lora' and 'fa' from parts "
                              f"(got {self.parts}), or switch cache_embeddings off.")
-        if min(self.lr_inr, self.lr_rest, self.weight_decay, self.jitter, self.val_every,
-               self.checkpoint_every, self.workers) < 0:
+        self.point_mix()  # validates the shares
+        if min(self.lr_inr, self.lr_rest, self.weight_decay, self.jitter, self.val_every, self.jitter_fraction,
+               self.checkpoint_every, self.workers, self.patience) < 0:
             raise ValueError("learning rates, weight_decay, jitter, val_every, checkpoint_every and workers "
                              "must be >= 0")
+
+    def point_mix(self) -> PointMix:
+        return PointMix(self.mix_box, self.mix_boundary, self.mix_uniform, self.box_margin, self.boundary_band)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "parts": list(self.parts)}
@@ -128,6 +142,8 @@ class FitResult:
     out_dir: Path | None
     seconds: float = 0.0
     validations: list[dict] = field(default_factory=list)
+    early_stopped: bool = False  # ended by ``patience``: no better held-out Dice for that many validations
+    encoder_calls: int = 0  # images this rank encoded (training and validation)
 
 
 def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -172,6 +188,9 @@ class _Run:
         self.history: list[dict] = []
         self.validations: list[dict] = []
         self.embeddings: dict[tuple, torch.Tensor] = {}
+        self.mix = config.point_mix()
+        self.since_best = 0  # validations since the best one (early stopping)
+        self.encoder_calls = 0  # images encoded (the embedding cache's effect, for tests and benchmarks)
 
     # ---- checkpoint --------------------------------------------------------------------------------------
     def payload(self, rng_state: dict) -> dict:
@@ -181,6 +200,7 @@ class _Run:
             "train_config": json.dumps(self.config.to_dict()), "model_config": self.model.config.to_json(),
             "backbone": self.model.backbone_name, "backbone_hash": self.model.backbone_hash,
             "best_dice": -1.0 if self.best_dice is None else self.best_dice, "best_step": self.best_step,
+            "since_best": self.since_best,
             "best_adapters": self.best_adapters or {}, "history": json.dumps(self.history),
             "validations": json.dumps(self.validations), "world_size": self.dist.world_size,
             "rank": self.dist.rank,
@@ -204,6 +224,7 @@ class _Run:
         self.step = int(ckpt["step"])
         self.best_dice = None if ckpt["best_dice"] < 0 else float(ckpt["best_dice"])
         self.best_step = int(ckpt["best_step"])
+        self.since_best = int(ckpt.get("since_best", 0))
         self.best_adapters = dict(ckpt["best_adapters"]) or None
         self.history = json.loads(ckpt["history"])
         self.validations = json.loads(ckpt["validations"])
@@ -220,29 +241,50 @@ class _Run:
     def micro_loss(self, items, micro: int) -> tuple[torch.Tensor, dict]:
         cfg = self.config
         slots = distributed.shard(range(cfg.batch_size), self.dist)
-        batch = collate(items, sample_rngs(cfg.seed, self.step, micro, slots), cfg.jitter, cfg.points, cfg.augment)
+        batch = collate(items, sample_rngs(cfg.seed, self.step, micro, slots), cfg.jitter, cfg.points, cfg.augment,
+                        self.mix, cfg.jitter_fraction)
         batch = batch.to(self.device)
         amp = cfg.amp and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            embedding = None
-            if not self.encoder_trains:
-                embedding = self.embed(batch)
-            out = self.model.forward_train(batch.images, batch.boxes, batch.points, batch.valid_hw,
-                                           embedding=embedding)
+            embedding = self.embed(batch) if not self.encoder_trains else self.encode_distinct(batch)
+            out = self.model.forward_train(None, batch.boxes, batch.points, batch.valid_hw, embedding=embedding)
         cw = coarse_weight_at(self.step, cfg.steps, cfg.coarse_weight_start, cfg.coarse_weight_end)
         return training_loss(out, batch.labels, batch.weights, cw, cfg.bce_weight, cfg.dice_weight)
 
     def embed(self, batch) -> torch.Tensor:
-        """Frozen encoder: no graph; with cache_embeddings each image is encoded once per run."""
+        """Frozen encoder: no graph; with cache_embeddings each distinct image (by content, flips included)
+        is encoded once per run, however many objects it holds."""
+        return self.encode_keyed(batch.images, batch.keys)
+
+    def encode_distinct(self, batch) -> torch.Tensor:
+        """Training encoder (LoRA/FA): each distinct image of the batch goes through it once, with grad (the
+        objects of one slice share that pass and its gradient)."""
+        first: dict[tuple, int] = {}
+        for i, k in enumerate(batch.keys):
+            first.setdefault(k, i)
+        self.encoder_calls += len(first)
+        if len(first) == len(batch.keys):
+            return self.model.encode(batch.images)
+        emb = self.model.encode(batch.images[list(first.values())])
+        slot = {k: j for j, k in enumerate(first)}
+        return emb[[slot[k] for k in batch.keys]]
+
+    def encode_keyed(self, images: torch.Tensor, keys: Sequence[tuple]) -> torch.Tensor:
         with torch.no_grad():
             if not self.config.cache_embeddings:
-                return self.model.encode(batch.images)
-            missing = [i for i, k in enumerate(batch.keys) if k not in self.embeddings]
+                self.encoder_calls += len(images)
+                return self.model.encode(images)
+            missing: dict[tuple, int] = {}
+            for i, k in enumerate(keys):
+                if k not in self.embeddings:
+                    missing.setdefault(k, i)
             if missing:
-                emb = self.model.encode(batch.images[missing])
-                for j, i in enumerate(missing):
-                    self.embeddings[batch.keys[i]] = emb[j]
-            return torch.stack([self.embeddings[k] for k in batch.keys])
+                idx = list(missing.values())
+                self.encoder_calls += len(idx)
+                emb = self.model.encode(images[idx])
+                for j, k in enumerate(missing):
+                    self.embeddings[k] = emb[j]
+            return torch.stack([self.embeddings[k] for k in keys])
 
 
 def _grad_norm(params: Sequence[torch.nn.Parameter]) -> float:
@@ -299,7 +341,9 @@ def _validate(run: _Run, val: Sequence[Sample]) -> float:
     The RNG state is untouched, so validating does not change the training that follows."""
     idx = distributed.shard(range(len(val)), run.dist)
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
-        scores = dice_scores(run.model, [val[i] for i in idx], run.device, run.config.val_batch_size) if idx else []
+        encode = run.encode_keyed if not run.encoder_trains else None
+        scores = dice_scores(run.model, [val[i] for i in idx], run.device, run.config.val_batch_size,
+                             encode=encode, windowed=run.config.val_window) if idx else []
     total, count = distributed.all_reduce_sum([sum(scores), len(scores)], run.device)
     run.model.train()
     return total / max(count, 1)
@@ -311,11 +355,14 @@ def _validation(run: _Run, val: Sequence[Sample], callbacks: Callbacks, out: Pat
     run.validations.append({"step": run.step, "val_dice": dice})
     run.history[-1]["val_dice"] = dice
     if run.best_dice is None or dice > run.best_dice:
+        run.since_best = 0
         run.best_dice, run.best_step = dice, run.step
         run.best_adapters = _clone(run.model.adapter_state_dict())
         if out is not None and run.dist.is_main:
             save_adapters(run.model, out / "adapters.safetensors",
                           extra={"val_dice": f"{dice:.6f}", "step": str(run.step)})
+    else:
+        run.since_best += 1
     callbacks.on_validation(run.step, dice)
 
 
@@ -335,7 +382,8 @@ def _write_outputs(run: _Run, out: Path, stopped: bool, seconds: float) -> None:
 
 
 def fit(model: IMedSAM, train: Sequence[Sample], val: Sequence[Sample] | None, config: TrainConfig,
-        callbacks: Callbacks | None = None, out_dir: str | Path | None = None, resume: bool = False) -> FitResult:
+        callbacks: Callbacks | None = None, out_dir: str | Path | None = None, resume: bool = False,
+        embedding_cache: dict | None = None) -> FitResult:
     """Train ``model`` in place; return with the best adapters (by validation Dice) loaded.
 
     Raises ``FloatingPointError`` on a non-finite loss or gradient, after restoring the adapters the model
@@ -343,6 +391,8 @@ def fit(model: IMedSAM, train: Sequence[Sample], val: Sequence[Sample] | None, c
     with ``stopped=True``, the best validated adapters loaded (the starting ones if nothing was validated
     yet; the current ones when ``val`` is None) and, with ``out_dir``, a checkpoint to resume from.
     ``out_dir`` receives adapters.safetensors (best), last.ckpt, metrics.json and loss_log.csv (rank 0).
+    ``embedding_cache``: a dict shared with the caller (``batching.content_key`` keys, see ``embedding_key``),
+    filled and used when ``config.cache_embeddings`` is on, e.g. to reuse the encodes of a check before ``fit``.
     """
     callbacks = callbacks or Callbacks()
     info = distributed.current()
@@ -354,6 +404,8 @@ def fit(model: IMedSAM, train: Sequence[Sample], val: Sequence[Sample] | None, c
         raise ValueError("The training set is empty.")
     start_adapters = _clone(model.adapter_state_dict())
     run = _Run(model, train, config, device)
+    if embedding_cache is not None:
+        run.embeddings = embedding_cache
     val = val if val is not None and len(val) > 0 else None
     epoch_steps = math.ceil(len(train) / (config.batch_size * config.accumulate))
     val_every = config.val_every or epoch_steps
@@ -372,6 +424,7 @@ def fit(model: IMedSAM, train: Sequence[Sample], val: Sequence[Sample] | None, c
                 distributed.broadcast_parameters(run.params)
             loader = prepared_batches(train, model.image_size, run.index_lists(), config.workers)
             model.train()
+            early = False
             while run.step < config.steps:
                 logs = _optimisation_step(run, loader, callbacks)
                 if logs is None:
@@ -382,9 +435,12 @@ def fit(model: IMedSAM, train: Sequence[Sample], val: Sequence[Sample] | None, c
                 callbacks.on_step(run.step, config.steps, logs["loss"], logs)
                 if val is not None and (run.step % val_every == 0 or run.step == config.steps):
                     _validation(run, val, callbacks, out)
+                    early = bool(config.patience) and run.since_best >= config.patience
                 every = config.checkpoint_every
-                if out is not None and (run.step == config.steps or (every and run.step % every == 0)):
+                if out is not None and (run.step == config.steps or early or (every and run.step % every == 0)):
                     _checkpoint(run, out)
+                if early:
+                    break
             if stopped and out is not None:
                 _checkpoint(run, out)
         except BaseException:
@@ -407,4 +463,4 @@ def fit(model: IMedSAM, train: Sequence[Sample], val: Sequence[Sample] | None, c
             save_adapters(model, out / "adapters.safetensors", extra={"step": str(run.step)})
         _write_outputs(run, out, stopped, seconds)
     return FitResult(run.best_dice, run.best_step, run.step, stopped, run.history, final, out, seconds,
-                     run.validations)
+                     run.validations, early, run.encoder_calls)

@@ -77,3 +77,23 @@ def test_accuracy_quick(tmp_path):
         assert r["train_nuclei"] > 0 and r["held_out"] > 0
         assert 0.0 <= r["before"]["dice"] <= 1.0 and 0.0 <= r["after"]["dice"] <= 1.0
     assert result["finetune_settings"]["parts"]
+
+
+@pytest.mark.slow
+def test_finetune_curve_quick(tmp_path):
+    if importlib.util.find_spec("stardist") is None:
+        pytest.skip("needs the stardist data files: pip install --no-deps stardist==0.9.1")
+    result = run_benchmark("finetune_curve", tmp_path / "curve.json", "--sections", "dsb", "phantom", "nuclei3d",
+                           "ablation")
+    check_machine(result["machine"])
+    names = {r["data"] for r in result["rows"]}
+    assert {"DSB nuclei", "phantom kidneys, same volume", "phantom kidneys, another seed",
+            "stardist 3-D nuclei, other z-slices"} <= names
+    for r in result["rows"]:
+        assert r["corrected"] > 0 and r["trained"] + r["held_out_pairs"] == r["corrected"]
+        assert r["split"] in ("slices", "objects", "none")
+        for key in ("before", "after", "box"):
+            assert r[key]["dice"] is None or 0.0 <= r[key]["dice"] <= 1.0
+        assert r["seconds"] > 0
+    assert len(result["ablation"]) >= 5 and all(r["encodes"] >= 1 for r in result["ablation"])
+    assert result["settings"]["parts"] == ["decoder", "mask_decoder", "inr"]

@@ -56,14 +56,14 @@ def setup(make_napari_viewer, tmp_path, n: int = 10, segment: bool = True):
 
 
 def fast(w, steps: int, **advanced) -> None:
-    """Small, quick runs for the 2-core test machine: decoder + INR, few query points."""
+    """Small, quick runs for the 2-core test machine: decoder + INR, few query points, every step run."""
     w.ui.steps.setValue(steps)
     w.ui.lr.setValue(2e-2)
     w.ui.batch.setValue(4)
     w.ui.held_out.setValue(0.2)
     for part, box in w.ui.part_boxes.items():
         box.setChecked(part in ("decoder", "inr"))
-    w.advanced = {"points": 256, **advanced}
+    w.advanced = {"points": 256, "patience": 0, **advanced}
 
 
 def messages(w, level=None) -> str:
@@ -122,7 +122,7 @@ def test_finetune_improves_heldout_dice_and_hands_over(make_napari_viewer, tmp_p
     project = folder_consistent(tmp_path / "proj")
     assert project.active == out.version and project.active.dice_after == pytest.approx(out.dice_after, abs=1e-4)
     # the saved file reproduces the widget's predictions exactly, in a fresh Predictor
-    _, held = split_held_out(project.pairs, 0.2)
+    _, held, _ = split_held_out(project.pairs, 0.2)
     z, box = held[0].slice[0], held[0].box
     image = viewer.layers["scan"].data[z]
     seg.predictor.set_image(image, window=seg.current_window())
@@ -351,3 +351,44 @@ def test_opens_from_manifest_and_defaults_beside_the_image(make_napari_viewer, t
     assert w.add_current_slice() == 1
     assert w.project.root == tmp_path / "data" / "scan_imedsam"
     assert (w.project.root / "project.json").is_file()
+
+
+# ---- after a run: the objects the user did not correct are re-segmented with the new adapters -------------
+def test_resegment_redoes_only_the_uncorrected_objects(make_napari_viewer, tmp_path, qtbot):
+    viewer, seg, w = setup(make_napari_viewer, tmp_path, n=4)
+    image = viewer.layers["scan"]
+    seg.select_image(image)
+    viewer.dims.set_current_step(0, 1)
+    sess = seg.session()
+    # two boxes on slice 1 (labels 1 and 2 of the masks layer); the user corrects label 1 only
+    sess.boxes.add_rectangles([np.array([[1, 5.5, 5.5], [1, 5.5, 30.5], [1, 30.5, 30.5], [1, 30.5, 5.5]]),
+                               np.array([[1, 34.5, 34.5], [1, 34.5, 60.5], [1, 60.5, 60.5], [1, 60.5, 34.5]])])
+    assert seg.wait_idle(60)
+    assert [o.label for o in sess.store.objects] == [1, 2]
+    masks = sess.labels
+    masks.data[1][masks.data[1] == 1] = 0
+    masks.data[1][viewer.layers["truth"].data[1] == 1] = 1  # the correction: the true ellipse
+    corrected = masks.data[1] == 1
+    w.ui.labels.setCurrentText(masks.name)
+    w.open_project(tmp_path / "proj")
+    assert w.add_current_slice() == 2  # both object ids on the slice became pairs ...
+    w.project.remove_pairs([p.id for p in w.project.pairs if p.label_id == 2])  # ... the user keeps label 1
+    w._refresh_project()
+    fast(w, steps=3)
+    w.ui.held_out.setValue(0.0)
+    assert not w.ui.resegment.isEnabled()
+    assert w.start_training() and w.wait_idle(300)
+    assert w.last_outcome.activate and w.ui.resegment.isEnabled()
+    before = masks.data[1].copy()
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(w.ui.resegment, Qt.LeftButton)
+    assert seg.wait_idle(60)
+    np.testing.assert_array_equal(masks.data[1] == 1, corrected)  # the corrected object is left alone
+    assert [o.label for o in sess.store.objects] == [1, 2] and len(sess.store.objects) == 2
+    assert "Re-segmenting 1 object" in messages(w, "info")
+    # label 2 was segmented again with the new adapters: its pixels may differ, nothing else did
+    changed = before != masks.data[1]
+    assert not (changed & ~((before == 2) | (masks.data[1] == 2))).any()
+    seg.undo()  # one undo step restores the old mask of label 2
+    np.testing.assert_array_equal(masks.data[1], before)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from napari_imedsam.model import build_model, default_config
+from napari_imedsam.model import PART_NAMES, build_model, default_config
 from napari_imedsam.model.backbones import build_backbone, build_tiny, resize_sam_state
 from napari_imedsam.model.inr import positional_encoding, topk_uncertain
 
@@ -70,6 +70,7 @@ def test_fresh_residual_model_predicts_backbone_logit():
 
 def test_optimizer_step_changes_only_adapters():
     model = build_model(default_config("tiny", residual=False))
+    model.set_trainable(PART_NAMES)  # every part, SAM's mask decoder included
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     parts = model.named_part_parameters()
@@ -88,6 +89,7 @@ def test_optimizer_step_changes_only_adapters():
     assert any(".q_b" in k or ".v_b" in k for k in changed)  # LoRA
     assert any(k.startswith("encoder.fa.") for k in changed)  # frequency adapter
     assert any("output_upscaling" in k for k in changed)  # decoder part
+    assert any("mask_decoder.transformer." in k for k in changed)  # mask_decoder part
     for k in frozen.keys() - trainable:
         assert torch.equal(frozen[k], after[k]), f"frozen tensor {k} changed"
 

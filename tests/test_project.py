@@ -202,31 +202,35 @@ def test_empty_mask_is_refused(tmp_path):
 
 # ---- the fine-tuning glue that needs no model -------------------------------------------------------------
 def test_held_out_split_is_by_slice_and_stable(tmp_path):
-    from napari_imedsam.engine.finetune import box_jitter, split_held_out
+    from napari_imedsam.engine.finetune import split_held_out
 
     project = Project(tmp_path)
     for z in range(10):
         image, labels = _slice(z, ids=(1, 2))
         project.add_slice(image, labels, "CT", "Labels", (z,))
-    train, held = split_held_out(project.pairs, 0.2)
+    train, held, rule = split_held_out(project.pairs, 0.2)
+    assert rule == "slices"
     assert len(held) == 4 and len(train) == 16  # 2 of 10 slices, both objects of each
     assert not {p.case_id for p in train} & {p.case_id for p in held}
     # adding slices later keeps most old held-out slices held out (hash order, not position)
     image, labels = _slice(99)
     project.add_slice(image, labels, "CT", "Labels", (10,))
-    _, held2 = split_held_out(project.pairs, 0.2)
+    _, held2, _ = split_held_out(project.pairs, 0.2)
     assert {p.case_id for p in held} & {p.case_id for p in held2}
-    # one slice only: nothing can be held out; everything held out is impossible
+    # one slice only: objects are held out instead (and said so); one object: nothing can be held out
     one = [p for p in project.pairs if p.slice == (0,)]
-    assert split_held_out(one, 0.5) == (one, [])
+    train1, held1, rule1 = split_held_out(one, 0.5)
+    assert rule1 == "objects" and len(train1) == 1 and len(held1) == 1
+    assert {p.label_id for p in train1} | {p.label_id for p in held1} == {1, 2}
+    assert split_held_out(one, 0.5, encoder_trains=True)[2] == "objects-encoder"
+    assert split_held_out(one[:1], 0.5) == (one[:1], [], "none")
     assert len(split_held_out(project.pairs, 0.99)[0]) == 2  # at least one slice stays for training
-    assert box_jitter(project.pairs) == 3 and box_jitter([]) == 20
 
 
 def test_settings_are_checked():
     from napari_imedsam.engine.finetune import FinetuneError, FinetuneSettings
 
-    cases = ((dict(steps=0), "at least one"), (dict(lr=0.0), "learning rate"), (dict(parts=()), "at least one part"),
+    cases = ((dict(steps=-1), "at least one"), (dict(lr=0.0), "learning rate"), (dict(parts=()), "at least one part"),
              (dict(parts=("lora", "x")), "Unknown parts"), (dict(held_out=1.0), "held-out"))
     for bad, msg in cases:
         with pytest.raises(FinetuneError, match=msg):

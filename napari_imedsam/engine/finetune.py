@@ -29,8 +29,9 @@ from .project import PairInfo, Project, VersionInfo
 
 #: Adapters (LoRA, FA, decoder) learn at this fraction of the INR's rate (the paper: 5e-5 vs 1e-3).
 ADAPTER_LR_RATIO = 0.05
-#: On a CPU the encoder's backward pass is slow: train the decoder and INR on cached embeddings.
-CPU_PARTS = ("decoder", "inr")
+#: On a CPU the encoder's backward pass is slow: train SAM's mask decoder, its upscaling and the INR on
+#: cached embeddings (one encode per distinct slice).
+CPU_PARTS = ("decoder", "mask_decoder", "inr")
 
 
 class FinetuneError(Exception):
@@ -38,27 +39,35 @@ class FinetuneError(Exception):
 
 
 def default_parts(device: str | torch.device = "auto") -> tuple[str, ...]:
-    """Everything on a GPU; decoder + INR on a CPU (no encoder backward pass: seconds, not minutes)."""
+    """Everything on a GPU; the decoders + INR on a CPU (no encoder backward pass: seconds, not minutes)."""
     return PART_NAMES if resolve_device(device).type != "cpu" else CPU_PARTS
 
 
 @dataclass
 class FinetuneSettings:
-    """What the user chooses before a run."""
+    """What the user chooses before a run (defaults chosen by ``benchmarks/finetune_curve.py``)."""
 
-    steps: int = 60
+    steps: int = 0  # 0: follow the data (``epochs`` over the training pairs, within [min_steps, max_steps])
+    epochs: float = 12.0
+    min_steps: int = 40
+    max_steps: int = 400
     lr: float = 1e-3  # the INR's learning rate; the other parts use lr * ADAPTER_LR_RATIO
     parts: tuple[str, ...] = CPU_PARTS
-    held_out: float = 0.2  # fraction of the annotated slices kept for the before/after Dice
-    batch_size: int = 2
-    points: int | None = 4096  # query points per image and step (None: the whole grid)
+    held_out: float = 0.2  # fraction of the annotated slices (or objects, with one slice) kept for the check
+    batch_size: int = 4
+    points: int | None = 1024  # query points per object and step, by the point mix (None: the whole grid)
     device: str = "auto"
     seed: int = 0
-    val_every: int = 0  # held-out Dice every N steps (0: four times per run); the best adapters are kept
+    val_every: int = 0  # held-out Dice every N steps (0: about eight times per run); the best adapters are kept
+    patience: int = 3  # stop after this many held-out checks without a better Dice (0: run every step)
+    augment: bool = False  # flips and 90-degree turns (each distinct view costs one encode; no gain measured)
+    jitter_fraction: float = 0.1  # training boxes move out by up to this fraction of the object's size
 
     def check(self) -> None:
-        if self.steps < 1:
-            raise FinetuneError("Set at least one training step.")
+        if self.steps < 0 or self.min_steps < 1 or self.max_steps < self.min_steps:
+            raise FinetuneError("Set the number of steps (0 for automatic), and at least one step.")
+        if not (self.epochs > 0 and math.isfinite(self.epochs)):
+            raise FinetuneError(f"The number of epochs must be a positive number, got {self.epochs}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise FinetuneError(f"The learning rate must be a positive number, got {self.lr}.")
         if not self.parts:
@@ -71,6 +80,13 @@ class FinetuneSettings:
 
     def timing_key(self, model: IMedSAM, device: torch.device) -> str:
         return f"{model.backbone_name}|{'+'.join(sorted(self.parts))}|{device.type}|b{self.batch_size}"
+
+    def steps_for(self, train_pairs: int) -> int:
+        """The run's length: ``steps`` when set, else ``epochs`` passes over the pairs, clipped."""
+        if self.steps:
+            return int(self.steps)
+        batch = max(1, min(self.batch_size, train_pairs))
+        return int(np.clip(math.ceil(self.epochs * train_pairs / batch), self.min_steps, self.max_steps))
 
 
 @dataclass(frozen=True)
@@ -104,29 +120,82 @@ class FinetuneOutcome:
     stopped: bool = False
     train_pairs: int = 0
     held_out_pairs: int = 0
+    split_rule: str = "none"  # a key of SPLIT_RULES
     history: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # the whole run: checks before and after included
+    early_stopped: bool = False
 
     @property
     def activate(self) -> bool:
         return self.status in ("improved", "unchecked") and self.model is not None
 
 
-def box_jitter(pairs: Sequence[PairInfo]) -> int:
-    """Training box jitter: the paper's 20 px is ~5 % of its 384-512 px images; keep that proportion for
-    smaller images (a 64 px slice gets 3 px), at most 20 px."""
-    side = float(np.median([max(p.shape) for p in pairs])) if pairs else 512.0
-    return int(np.clip(round(0.05 * side), 1, 20))
+#: Seconds per step (batch 4, 4096 points) measured by ``benchmarks/finetune_curve.py`` on a 2-core CPU, by
+#: (backbone, whether the image encoder trains): the estimate before a first run with these settings.
+CPU_SECONDS_PER_STEP = {("litemedsam", False): 1.7, ("litemedsam", True): 6.0, ("tiny", False): 0.1,
+                        ("tiny", True): 0.3}
 
 
-def split_held_out(pairs: Sequence[PairInfo], fraction: float) -> tuple[list[PairInfo], list[PairInfo]]:
-    """(train, held-out) by slice, never separating the objects of one slice. Stable: a slice's side
-    depends on its name's hash, so adding pairs later rarely moves an old slice into training."""
-    cases = sorted({p.case_id for p in pairs}, key=lambda c: hashlib.sha1(c.encode()).hexdigest())
-    n_val = 0  # one slice only: nothing can be held out (the run says its result is unchecked)
-    if fraction > 0 and len(cases) >= 2:
+def seconds_per_step_prior(backbone: str, parts: Sequence[str], device: torch.device, batch_size: int
+                           ) -> float | None:
+    """Typical seconds per step on a 2-core CPU (scaled by the batch size), None when not measured."""
+    if device.type != "cpu":
+        return None
+    per = CPU_SECONDS_PER_STEP.get((backbone, bool({"lora", "fa"} & set(parts))))
+    return None if per is None else per * batch_size / 4
+
+
+#: The absolute cap of the training box jitter (the paper's 20 px on 384-512 px images).
+MAX_JITTER_PX = 20
+
+#: How the held-out pairs were chosen (reported in the result message).
+SPLIT_RULES = {
+    "slices": "whole slices held out (objects of a slice stay together)",
+    "objects": "one annotated slice, so objects are held out (the encoder is frozen: they cannot leak)",
+    "objects-encoder": "one annotated slice, so objects are held out (LoRA/FA see the whole slice in training: "
+                       "the check is optimistic)",
+    "none": "nothing held out",
+}
+
+
+def _stable(name: str) -> str:
+    return hashlib.sha1(name.encode()).hexdigest()
+
+
+def split_held_out(pairs: Sequence[PairInfo], fraction: float, encoder_trains: bool = False
+                   ) -> tuple[list[PairInfo], list[PairInfo], str]:
+    """(train, held-out, rule): by slice, never separating the objects of one slice; with a single
+    annotated slice, by object. Stable: a slice's (object's) side depends on its name's hash, so adding
+    pairs later rarely moves an old one into training. ``rule`` is a key of ``SPLIT_RULES``."""
+    cases = sorted({p.case_id for p in pairs}, key=_stable)
+    if fraction <= 0:
+        return list(pairs), [], "none"
+    if len(cases) >= 2:
         n_val = min(max(int(round(fraction * len(cases))), 1), len(cases) - 1)
-    held = set(cases[:n_val])
-    return [p for p in pairs if p.case_id not in held], [p for p in pairs if p.case_id in held]
+        held = set(cases[:n_val])
+        return [p for p in pairs if p.case_id not in held], [p for p in pairs if p.case_id in held], "slices"
+    if len(pairs) < 2:
+        return list(pairs), [], "none"
+    order = sorted(pairs, key=lambda p: _stable(f"{p.case_id}|{p.label_id}"))
+    n_val = min(max(int(round(fraction * len(order))), 1), len(order) - 1)
+    held_ids = {p.id for p in order[:n_val]}
+    rule = "objects-encoder" if encoder_trains else "objects"
+    return [p for p in pairs if p.id not in held_ids], [p for p in pairs if p.id in held_ids], rule
+
+
+def train_config(s: FinetuneSettings, n_train: int, validated: bool, device: str | torch.device = "auto"):
+    """The ``src_training`` configuration of a widget run on ``n_train`` pairs (benchmarks use it too)."""
+    from src_training.trainer import TrainConfig
+
+    steps = s.steps_for(n_train)
+    encoder_trains = bool({"lora", "fa"} & set(s.parts))
+    return TrainConfig(
+        steps=steps, batch_size=min(s.batch_size, n_train), lr_inr=s.lr, lr_rest=s.lr * ADAPTER_LR_RATIO,
+        points=s.points, parts=tuple(s.parts), device=str(resolve_device(device)), seed=s.seed,
+        val_every=(s.val_every or max(1, steps // 8)) if validated else 0, patience=s.patience if validated else 0,
+        jitter=MAX_JITTER_PX, jitter_fraction=s.jitter_fraction, augment=s.augment,
+        cache_embeddings=not encoder_trains, val_window=True,
+    )
 
 
 def pairs_to_samples(project: Project, pairs: Sequence[PairInfo]) -> list:
@@ -168,6 +237,8 @@ class FinetuneRun:
         self._stop = threading.Event()
         self.done = threading.Event()  # set when run() returns or raises (also if the GUI is gone)
         self.timing_key = settings.timing_key(model, self.device)
+        self._embeddings: dict[tuple, torch.Tensor] = {}  # frozen encoder: one encode per distinct slice view
+        self.split_rule = "none"
 
     # ---- control ---------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -177,10 +248,16 @@ class FinetuneRun:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
+    def planned_steps(self) -> int:
+        """Steps this run will take at most (early stopping may end it sooner)."""
+        s = self.settings
+        train, _, _ = split_held_out(self.pairs, s.held_out, bool({"lora", "fa"} & set(s.parts)))
+        return s.steps_for(len(train))
+
     def estimate_seconds(self) -> float | None:
         """Training time from the last run with the same backbone, parts, device and batch (None: unknown)."""
         per_step = self.project.seconds_per_step(self.timing_key)
-        return None if per_step is None else per_step * self.settings.steps
+        return None if per_step is None else per_step * self.planned_steps()
 
     def _emit(self, kind: str, **kw) -> None:
         self.events.put(Event(kind, **kw))
@@ -193,35 +270,35 @@ class FinetuneRun:
             self.done.set()
 
     def _run(self) -> FinetuneOutcome:
-        from src_training.trainer import TrainConfig, evaluate_dice, fit
+        from src_training.trainer import evaluate_dice, fit
 
         s = self.settings
-        train_pairs, val_pairs = split_held_out(self.pairs, s.held_out)
+        encoder_trains = bool({"lora", "fa"} & set(s.parts))
+        train_pairs, val_pairs, rule = split_held_out(self.pairs, s.held_out, encoder_trains)
         if not train_pairs:
             raise FinetuneError("Every pair is held out; lower the held-out fraction or add more slices.")
+        self.split_rule = rule
         self._emit("phase", text=f"Reading {len(self.pairs)} pairs")
         train, val = pairs_to_samples(self.project, train_pairs), pairs_to_samples(self.project, val_pairs)
         start = self._record_start()
-        counts = dict(train_pairs=len(train), held_out_pairs=len(val), start_version=start)
+        counts = dict(train_pairs=len(train), held_out_pairs=len(val), start_version=start, split_rule=rule)
+        steps = s.steps_for(len(train))
+        t0 = time.perf_counter()
         dice_before = None
         if val:
             self._emit("phase", text=f"Held-out Dice before training ({len(val)} pairs)")
             dice_before = self._dice_unless_stopped(evaluate_dice, val)
             if dice_before is not None:
-                self._emit("val", step=0, total=s.steps, dice=dice_before)
+                self._emit("val", step=0, total=steps, dice=dice_before)
         if self.stop_requested:
             return FinetuneOutcome("stopped", "Stopped before training started; nothing changed.",
                                    dice_before=dice_before, stopped=True, **counts)
-        config = TrainConfig(
-            steps=s.steps, batch_size=min(s.batch_size, len(train)), lr_inr=s.lr, lr_rest=s.lr * ADAPTER_LR_RATIO,
-            points=s.points, parts=tuple(s.parts), device=str(self.device), seed=s.seed,
-            val_every=(s.val_every or max(1, s.steps // 4)) if val else 0, jitter=box_jitter(self.pairs),
-            cache_embeddings=not ({"lora", "fa"} & set(s.parts)),
-        )
+        config = train_config(s, len(train), bool(val), self.device)
         callbacks = _Progress(self)
-        self._emit("phase", text=f"Training {s.steps} steps on {len(train)} pairs ({self.device.type})")
+        self._emit("phase", text=f"Training up to {steps} steps on {len(train)} pairs ({self.device.type})")
         try:
-            result = fit(self.model, train, val or None, config, callbacks=callbacks)
+            result = fit(self.model, train, val or None, config, callbacks=callbacks,
+                         embedding_cache=None if encoder_trains else self._embeddings)
         except FloatingPointError as exc:
             return FinetuneOutcome(
                 "nan", "Training diverged (NaN loss) and was stopped; the previous adapters stay active. Try a "
@@ -237,19 +314,34 @@ class FinetuneRun:
         dice_after = float(result.best_val_dice) if val else None
         status = "unchecked" if dice_after is None else "improved" if dice_after > dice_before else "worse"
         version = self._save_version(status, dice_before, dice_after, result.steps_done, len(self.pairs))
-        return FinetuneOutcome(status, _message(status, dice_before, dice_after, version, result.stopped),
-                               model=self.model.eval(), version=version, dice_before=dice_before,
+        seconds = time.perf_counter() - t0
+        message = _message(status, dice_before, dice_after, version, result.stopped)
+        message += f" Trained {result.steps_done} steps on {len(train)} pairs, {len(val)} held out ("
+        message += f"{SPLIT_RULES[rule]}), in {seconds:.0f} s."
+        return FinetuneOutcome(status, message, model=self.model.eval(), version=version, dice_before=dice_before,
                                dice_after=dice_after, steps_done=result.steps_done, stopped=result.stopped,
-                               history=callbacks.losses, **counts)
+                               history=callbacks.losses, seconds=seconds, early_stopped=result.early_stopped,
+                               **counts)
+
+    def _encode_cached(self, images: torch.Tensor, keys: list[tuple]) -> torch.Tensor:
+        """The frozen encoder with the run's embedding cache (shared with ``fit``: one encode per slice)."""
+        missing = {k: i for i, k in reversed(list(enumerate(keys))) if k not in self._embeddings}
+        if missing:
+            with torch.no_grad():
+                emb = self.model.encode(images[list(missing.values())])
+            self._embeddings.update(zip(missing, emb))
+        return torch.stack([self._embeddings[k] for k in keys])
 
     def _dice_unless_stopped(self, evaluate_dice, samples, chunk: int = 2) -> float | None:
-        """Mean Dice over ``samples``, a few at a time so that Stop is obeyed within seconds (None if stopped)."""
+        """Mean Dice over ``samples``, a few at a time so that Stop is obeyed within seconds (None if stopped).
+        Scored exactly as ``fit`` validates (a window around each box, cached embeddings)."""
         total = 0.0
+        encode = None if {"lora", "fa"} & set(self.settings.parts) else self._encode_cached
         for i in range(0, len(samples), chunk):
             if self.stop_requested:
                 return None
             part = samples[i : i + chunk]
-            total += evaluate_dice(self.model, part, device=self.device) * len(part)
+            total += evaluate_dice(self.model, part, device=self.device, encode=encode, windowed=True) * len(part)
         return total / len(samples)
 
     def _record_start(self) -> VersionInfo | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .config import IMedSAMConfig
-from .imedsam import IMedSAM
+from .imedsam import ALWAYS_SAVED, IMedSAM
 
 FORMAT = "imedsam-adapters-v1"
 
@@ -26,9 +26,10 @@ def save_adapters(model: IMedSAM, path: str | Path, extra: dict[str, str] | None
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.adapter_state_dict().items()}
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.file_state_dict().items()}
     meta = {
         "format": FORMAT,
+        "parts": json.dumps(list(model.saved_parts())),
         "config": model.config.to_json(),
         "backbone": model.backbone_name,
         "backbone_hash": model.backbone_hash,
@@ -93,7 +94,14 @@ def load_adapters(model: IMedSAM, path: str | Path) -> dict[str, str]:
             f"Adapters {path} were made for backbone {meta.get('backbone')!r} and cannot be loaded into "
             f"this {model.backbone_name!r} model: " + "; ".join(problems)
         )
-    own = model.adapter_state_dict()
+    groups = model.named_part_parameters()
+    # files written before the mask_decoder part (no "parts" entry) hold exactly the ALWAYS_SAVED parts
+    stored = tuple(json.loads(meta["parts"])) if "parts" in meta else ALWAYS_SAVED
+    unknown = sorted(set(stored) - set(groups))
+    if unknown:
+        raise AdapterMismatchError(f"Adapters {path} store parts {unknown} that this version does not know; "
+                                   "update napari-imedsam to load them.")
+    own = {n: p for part in stored for n, p in groups[part]}
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     bad_shape = [k for k in own if k in tensors and tuple(tensors[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or bad_shape:
@@ -102,6 +110,8 @@ def load_adapters(model: IMedSAM, path: str | Path) -> dict[str, str]:
             f"{unexpected[:5]}, wrong shape {bad_shape[:5]}."
         )
     params = dict(model.named_parameters())
+    if "mask_decoder" not in stored:
+        model.reset_mask_decoder()  # the file was made with SAM's own mask decoder
     with torch.no_grad():
         for k, v in tensors.items():
             params[k].copy_(v.to(params[k].dtype))

@@ -14,7 +14,9 @@ from .config import IMedSAMConfig
 from .encoders import AdaptedTinyViTEncoder, AdaptedViTEncoder
 from .inr import CoarseINR, FineINR, positional_encoding, topk_uncertain
 
-PART_NAMES = ("lora", "fa", "decoder", "inr")
+PART_NAMES = ("lora", "fa", "decoder", "mask_decoder", "inr")
+#: Parts every adapter file stores; ``mask_decoder`` (millions of SAM's own weights) only once it was trained.
+ALWAYS_SAVED = ("lora", "fa", "decoder", "inr")
 
 
 class IMedSAM(nn.Module):
@@ -39,7 +41,11 @@ class IMedSAM(nn.Module):
         self.coarse = CoarseINR(self.point_dim, config.coarse_hidden, config.coarse_feature, config.dropout,
                                 zero_logit=config.residual)
         self.fine = FineINR(self.point_dim + config.coarse_feature, config.fine_hidden, zero_out=config.residual)
-        self.set_trainable(PART_NAMES)
+        self.set_trainable(ALWAYS_SAVED)  # the paper's trainable set; mask_decoder is opt-in
+        # SAM's own mask-decoder weights, to tell whether they were tuned and to restore them when an adapter
+        # file without them is loaded (a plain attribute: not in state_dict, copied by deepcopy)
+        self._pristine_mask_decoder = {n: p.detach().cpu().clone()
+                                       for n, p in self.named_part_parameters()["mask_decoder"] if not p.is_meta}
 
     def train(self, mode: bool = True) -> IMedSAM:
         """The frozen backbone always runs in eval mode (BatchNorm statistics and TinyViT's attention-bias
@@ -51,7 +57,8 @@ class IMedSAM(nn.Module):
 
     # ---- parameters -------------------------------------------------------------------------------------
     def named_part_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Trainable parts: LoRA, FA, decoder (SAM's output_upscaling) and the INR heads."""
+        """Trainable parts: LoRA, FA, decoder (SAM's output_upscaling), mask_decoder (SAM's two-way
+        transformer, output tokens, hypernetwork MLPs and IoU head) and the INR heads."""
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {k: [] for k in PART_NAMES}
         for name, p in self.named_parameters():
             if name.startswith("encoder.") and any(f".{s}" in name for s in ("q_a", "q_b", "v_a", "v_b")):
@@ -60,6 +67,8 @@ class IMedSAM(nn.Module):
                 groups["fa"].append((name, p))
             elif name.startswith("box_decoder.mask_decoder.output_upscaling."):
                 groups["decoder"].append((name, p))
+            elif name.startswith("box_decoder.mask_decoder."):
+                groups["mask_decoder"].append((name, p))
             elif name.startswith(("coarse.", "fine.")):
                 groups["inr"].append((name, p))
         return groups
@@ -75,8 +84,29 @@ class IMedSAM(nn.Module):
                 p.requires_grad_(part in parts)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every tensor I-MedSAM adds to or tunes in the backbone (what an adapter file stores)."""
+        """Every tensor I-MedSAM adds to or may tune in the backbone (the trainer's state)."""
         return {n: p.detach() for params in self.named_part_parameters().values() for n, p in params}
+
+    def mask_decoder_tuned(self) -> bool:
+        """Whether SAM's mask-decoder weights differ from the backbone's own."""
+        pristine = self._pristine_mask_decoder
+        return any(n not in pristine or not torch.equal(p.detach().cpu(), pristine[n])
+                   for n, p in self.named_part_parameters()["mask_decoder"])
+
+    def saved_parts(self) -> tuple[str, ...]:
+        """The parts an adapter file of this model stores: the small ones always, the mask decoder if tuned."""
+        return ALWAYS_SAVED + (("mask_decoder",) if self.mask_decoder_tuned() else ())
+
+    def file_state_dict(self) -> dict[str, torch.Tensor]:
+        """What an adapter file stores (``saved_parts``)."""
+        groups = self.named_part_parameters()
+        return {n: p.detach() for part in self.saved_parts() for n, p in groups[part]}
+
+    def reset_mask_decoder(self) -> None:
+        """Back to the backbone's own mask-decoder weights (an adapter file that does not carry them)."""
+        with torch.no_grad():
+            for n, p in self.named_part_parameters()["mask_decoder"]:
+                p.copy_(self._pristine_mask_decoder[n].to(p.device, p.dtype))
 
     def encoder_adapter_hash(self) -> str:
         """Identity of the tensors that change the image embedding (LoRA, FA): the embedding cache key."""

@@ -28,6 +28,7 @@ class BoxJob:
     sess: LayerSession
     obj: SegObject  # label, clipped box, slice, uid (also stored in the shape's features)
     replaces: SegObject | None = None
+    protect: frozenset[int] = frozenset()  # labels whose pixels this mask must not paint over
 
 
 class BoxController:
@@ -158,6 +159,22 @@ class BoxController:
             return
         self.run(job)
 
+    def resegment(self, sess: LayerSession, z: int | None, keep_labels: set[int]) -> int:
+        """Segment again, with the current model, every object on slice ``z`` whose label is not in
+        ``keep_labels`` (e.g. the objects the user corrected); each one replaces its old mask and none
+        paints over the pixels of ``keep_labels``."""
+        objs = [o for o in sess.store.on_slice(z) if o.label not in keep_labels]
+        for old in objs:
+            job = BoxJob(sess, sess.store.new(old.label, old.box, old.slice), replaces=old,
+                         protect=frozenset(keep_labels))
+            if self.w.segmenter is None:
+                self.pending.append(job)
+            else:
+                self.run(job)
+        if objs and self.w.segmenter is None:
+            self.w.start_loading()
+        return len(objs)
+
     def run(self, job: BoxJob) -> None:
         w = self.w
         src = w.slice_image(job.sess.image, job.obj.slice)
@@ -202,7 +219,10 @@ class BoxController:
         index = (slice(r0, r1), slice(c0, c1))
         if obj.slice is not None:
             index = (obj.slice, *index)
-        new = paste_mask(np.asarray(labels.data[index]), mask, obj.label, replace_label=bool(removed))
+        current = np.asarray(labels.data[index])
+        if job.protect:  # the user's corrected objects keep their pixels
+            mask = mask & ~np.isin(current, list(job.protect))
+        new = paste_mask(current, mask, obj.label, replace_label=bool(removed))
         sess.history.commit(labels.data, index, new, meta={"added": [obj], "removed": removed})
         sess.store.apply({"added": [obj], "removed": removed}, undo=False)
         sess.current = obj

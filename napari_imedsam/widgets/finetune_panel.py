@@ -18,13 +18,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..engine.device import available_devices, resolve_device
+from ..engine.device import available_devices
 from ..engine.finetune import default_parts
 from ..model.imedsam import PART_NAMES
 from .loss_plot import LossPlot
 from .panels import _button, _row
 
-PART_LABELS = {"lora": "LoRA", "fa": "FA", "decoder": "decoder", "inr": "INR"}
+PART_LABELS = {"lora": "LoRA", "fa": "FA", "decoder": "upscaling", "mask_decoder": "mask decoder", "inr": "INR"}
 
 
 def _label(text: str) -> QLabel:
@@ -37,7 +37,6 @@ def build(parent: QWidget) -> SimpleNamespace:
     """Create every control inside ``parent`` and return them by name."""
     ui = SimpleNamespace()
     outer = QVBoxLayout(parent)
-    gpu = resolve_device("auto").type != "cpu"
 
     g = QGroupBox("Project folder (pairs and adapters are saved at once)")
     f = QVBoxLayout(g)
@@ -70,31 +69,37 @@ def build(parent: QWidget) -> SimpleNamespace:
     g = QGroupBox("Fine-tune")
     f = QFormLayout(g)
     ui.steps = QSpinBox()
-    ui.steps.setRange(1, 100000)
-    ui.steps.setValue(300 if gpu else 60)
-    ui.steps.setToolTip("Optimisation steps (one batch of pairs each).")
+    ui.steps.setRange(0, 100000)
+    ui.steps.setSpecialValueText("auto")
+    ui.steps.setValue(0)
+    ui.steps.setToolTip("Optimisation steps (one batch of pairs each). auto: follows the number of pairs "
+                        "(16 passes over them, 40 to 400 steps); training also stops when the held-out "
+                        "Dice has not improved for 3 checks.")
     ui.lr = QDoubleSpinBox()
     ui.lr.setDecimals(5)
     ui.lr.setRange(1e-5, 0.1)
     ui.lr.setSingleStep(1e-4)
     ui.lr.setValue(1e-3)
-    ui.lr.setToolTip("Learning rate of the INR decoder; LoRA, FA and decoder use 1/20 of it, as the paper.")
+    ui.lr.setToolTip("Learning rate of the INR decoder; LoRA, FA and SAM's decoder parts use 1/20 of it, as "
+                     "the paper.")
     ui.held_out = QDoubleSpinBox()
     ui.held_out.setRange(0.0, 0.9)
     ui.held_out.setSingleStep(0.05)
     ui.held_out.setValue(0.2)
     ui.held_out.setToolTip("Fraction of the annotated slices kept out of training to measure Dice before and "
-                           "after (0: no check). The best adapters on them are kept.")
+                           "after (0: no check; with a single slice, objects are held out). The best adapters "
+                           "on them are kept.")
     ui.batch = QSpinBox()
     ui.batch.setRange(1, 64)
-    ui.batch.setValue(4 if gpu else 2)
+    ui.batch.setValue(4)
     f.addRow("Steps", _row(ui.steps, QLabel("LR"), ui.lr))
     f.addRow("Held out", _row(ui.held_out, QLabel("Batch"), ui.batch))
     ui.part_boxes = {p: QCheckBox(PART_LABELS[p]) for p in PART_NAMES}
     for p, box in ui.part_boxes.items():
         box.setChecked(p in default_parts("auto"))
-        box.setToolTip("LoRA and FA tune the image encoder: best on a GPU, slow on a CPU." if p in ("lora", "fa")
-                       else "Trains on cached image embeddings: fast, also on a CPU.")
+        box.setToolTip("LoRA and FA tune the image encoder: best on a GPU, several times slower on a CPU (the "
+                       "estimate below says how long)." if p in ("lora", "fa")
+                       else "Trains on cached image embeddings (one encode per slice): fast, also on a CPU.")
     f.addRow("Train", _row(*ui.part_boxes.values()))
     ui.device = QComboBox()
     ui.device.addItems(["auto", *available_devices()])
@@ -112,6 +117,10 @@ def build(parent: QWidget) -> SimpleNamespace:
     ui.result = _label("Held-out Dice before and after training appears here.")
     ui.result.setStyleSheet("font-weight: bold")
     f.addRow(ui.result)
+    ui.resegment = _button("Re-segment the other objects", "Segment again, with the active adapters, the "
+                           "objects on the slice shown that are not training pairs, to see the gain")
+    ui.resegment.setEnabled(False)
+    f.addRow(ui.resegment)
     ui.plot = LossPlot()
     f.addRow(ui.plot)
     outer.addWidget(g)

@@ -21,7 +21,7 @@ from qtpy.QtCore import QCoreApplication, QTimer
 from qtpy.QtWidgets import QFileDialog, QListWidgetItem, QWidget
 
 from ..engine.device import resolve_device
-from ..engine.finetune import FinetuneError, FinetuneRun, FinetuneSettings
+from ..engine.finetune import SPLIT_RULES, FinetuneError, FinetuneRun, FinetuneSettings, seconds_per_step_prior
 from ..engine.project import Project, ProjectError, default_project_dir, safe_name, user_projects_root
 from . import _triton_guard, finetune_panel
 from .finetune_adapters import AdapterVersions
@@ -64,7 +64,8 @@ class FinetuneWidget(AdapterVersions, QWidget):
         for name, slot in (("folder", self._choose_folder), ("add_slice", self.add_current_slice),
                            ("add_all", self.add_all_slices), ("remove", self.remove_selected_pairs),
                            ("start", self.start_training), ("stop", self.stop_training),
-                           ("activate", self._activate_selected), ("load", self._choose_adapters)):
+                           ("activate", self._activate_selected), ("load", self._choose_adapters),
+                           ("resegment", self.resegment_others)):
             getattr(ui, name).clicked.connect(lambda *_a, f=slot: f())
         for box in ui.part_boxes.values():
             box.toggled.connect(self._update_estimate)
@@ -212,6 +213,27 @@ class FinetuneWidget(AdapterVersions, QWidget):
                            f"{project.summary()}")
         return count
 
+    def resegment_others(self) -> int:
+        """Re-segment, in the Segment widget and with the active adapters, the objects on the slice shown
+        that are not training pairs (the ones the user did not correct), so the gain can be seen."""
+        seg = self.segment_widget()
+        if seg is None:
+            self.notifier.warning("Open the Segment (I-MedSAM) widget to re-segment objects.")
+            return 0
+        image = seg.image_layer()
+        if image is None:
+            self.notifier.warning("Choose an image in the Segment widget first.")
+            return 0
+        z = seg.current_slice() if base_data(image).ndim - int(bool(image.rgb)) == 3 else None
+        where = () if z is None else (z,)
+        keep = {p.label_id for p in (self.project.pairs if self.project else [])
+                if p.image_layer == image.name and tuple(p.slice) == where}
+        n = seg.resegment(image, keep)
+        kept = f"; {len(keep)} corrected object(s) left as you drew them" if keep else ""
+        self.notifier.info(f"Re-segmenting {n} object(s) with the active adapters{kept}." if n else
+                           "No other objects on this slice to re-segment (draw boxes in the Segment widget).")
+        return n
+
     def remove_selected_pairs(self) -> None:
         ids = [item.data(256) for item in self.ui.pair_list.selectedItems()]
         if self.project is None or not ids:
@@ -285,20 +307,7 @@ class FinetuneWidget(AdapterVersions, QWidget):
             self.ui.estimate.setText(str(exc))
             return
         model = self._own_model if self.segment_widget() is None else self.current_model()
-        per_step = None
-        if model is not None and self.project is not None:
-            per_step = self.project.seconds_per_step(s.timing_key(model, device))
-        where = "GPU" if device.type == "cuda" else device.type.upper()
-        if per_step:
-            text = (f"{where}: {per_step:.2f} s/step last time, so about {_duration(per_step * s.steps)} of "
-                    "training plus the held-out checks.")
-        elif device.type == "cpu":
-            text = "CPU: the time per step is measured in the first steps and the total estimated then."
-        else:
-            text = f"{where}: training uses the GPU."
-        if device.type == "cpu" and {"lora", "fa"} & set(s.parts):
-            text += " LoRA/FA train the image encoder: much slower on a CPU."
-        self.ui.estimate.setText(text)
+        self.ui.estimate.setText(estimate_text(s, model, self.project, device))
 
     def start_training(self) -> bool:
         """Start a run in a worker thread; False (with a notification) when it cannot start."""
@@ -331,14 +340,15 @@ class FinetuneWidget(AdapterVersions, QWidget):
         from napari.utils import progress
 
         self._run, self.last_outcome = run, None
-        s = run.settings
-        self.ui.plot.clear(s.steps)
-        self.ui.progress.setRange(0, s.steps)
+        steps = run.planned_steps()
+        self.ui.plot.clear(steps)
+        self.ui.progress.setRange(0, steps)
         self.ui.progress.setValue(0)
+        self.ui.resegment.setEnabled(False)
         estimate = run.estimate_seconds()
         about = f", about {_duration(estimate)} of training" if estimate else ""
         self.ui.result.setText(f"Training on {run.device.type}{about} …")
-        self._pbar = progress(total=s.steps, desc="Fine-tuning I-MedSAM")
+        self._pbar = progress(total=steps, desc="Fine-tuning I-MedSAM")
         worker = create_worker(run.run, _ignore_errors=True)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
@@ -396,14 +406,17 @@ class FinetuneWidget(AdapterVersions, QWidget):
         self.last_outcome = outcome
         if outcome.dice_before is not None and outcome.dice_after is not None:
             verdict = "better" if outcome.status == "improved" else "not better"
-            self.ui.result.setText(f"Held-out Dice: {outcome.dice_before:.3f} before -> {outcome.dice_after:.3f} "
-                                   f"after ({verdict}; {outcome.held_out_pairs} held-out pairs).")
+            self.ui.result.setText(
+                f"Held-out Dice: {outcome.dice_before:.3f} before -> {outcome.dice_after:.3f} after ({verdict}). "
+                f"{outcome.train_pairs} pairs trained, {outcome.held_out_pairs} held out "
+                f"({SPLIT_RULES[outcome.split_rule]}); {outcome.steps_done} steps in {_duration(outcome.seconds)}.")
         else:
             self.ui.result.setText(outcome.message)
         if outcome.activate and not self._closing:
             v = outcome.version
             dice = f", held-out Dice {outcome.dice_after:.3f}" if outcome.dice_after is not None else ""
             self._apply(outcome.model, f"fine-tuned adapters v{v.version}{dice}")
+            self.ui.resegment.setEnabled(self.segment_widget() is not None)
         level = {"improved": "info", "stopped": "info", "nan": "error"}.get(outcome.status, "warning")
         getattr(self.notifier, level)(outcome.message)
         self._refresh_project()
@@ -459,6 +472,33 @@ class FinetuneWidget(AdapterVersions, QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self._viewer_closing()
         super().closeEvent(event)
+
+
+def estimate_text(s: FinetuneSettings, model, project: Project | None, device) -> str:
+    """What the run will cost, shown before it starts: the project's last measurement for these settings,
+    else the typical time measured by the benchmarks on a 2-core CPU."""
+    where = "GPU" if device.type == "cuda" else device.type.upper()
+    per_step, source = None, ""
+    if model is not None and project is not None:
+        per_step, source = project.seconds_per_step(s.timing_key(model, device)), "last time"
+    if not per_step and model is not None:
+        per_step, source = seconds_per_step_prior(model.backbone_name, s.parts, device, s.batch_size), \
+            "typical on a 2-core CPU"
+    n_pairs = len(project) if project is not None else 0
+    steps = s.steps_for(max(1, int(round(n_pairs * (1 - s.held_out))))) if n_pairs else (s.steps or None)
+    encoder = {"lora", "fa"} & set(s.parts)
+    if per_step and steps:
+        text = (f"{where}: {per_step:.2f} s/step ({source}), up to {steps} steps: at most about "
+                f"{_duration(per_step * steps)} plus the held-out checks (it stops early when they stop improving).")
+    elif per_step:
+        text = f"{where}: {per_step:.2f} s/step ({source}); add pairs to see the total."
+    elif device.type == "cpu":
+        text = "CPU: the time per step is measured in the first steps and the total estimated then."
+    else:
+        text = f"{where}: training uses the GPU."
+    if device.type == "cpu" and encoder:
+        text += " LoRA/FA train the image encoder: several times slower on a CPU than the decoders alone."
+    return text
 
 
 def _duration(seconds: float) -> str:

@@ -380,6 +380,15 @@ class SegmentWidget(QWidget):
         self.ui.status.setText(text)
 
     # ---- actions (buttons and shortcuts) ------------------------------------------------------------------
+    def resegment(self, image_layer=None, keep_labels=()) -> int:
+        """Re-segment the objects of the slice on screen with the current model, except ``keep_labels``
+        (the fine-tune widget passes the labels the user corrected); returns how many were started."""
+        sess = self.session() if image_layer is None else self._sessions.get(id(unwrap(image_layer)))
+        if sess is None:
+            return 0
+        z = self.current_slice() if sess.volume else None
+        return self.boxes.resegment(sess, z, set(keep_labels))
+
     def undo(self) -> None:
         self.objects.history_step(redo=False)
 
