@@ -51,7 +51,7 @@ def _perturb(model, part: str, seed: int = 0) -> None:
 def test_files_written_before_the_mask_decoder_part_still_load():
     model = load_model("tiny", adapters=OLD_FILE)
     tensors, meta = read_adapter_file(OLD_FILE)
-    assert "parts" not in meta and not any("mask_decoder.transformer" in k for k in tensors)
+    assert "stored_parts" not in meta and not any("mask_decoder.transformer" in k for k in tensors)
     params = dict(model.named_parameters())
     assert all(torch.equal(params[k], v) for k, v in tensors.items())
     assert not model.mask_decoder_tuned()
@@ -67,12 +67,12 @@ def test_adapter_files_store_the_mask_decoder_only_once_tuned(tmp_path):
     model = load_model("tiny")
     small = save_adapters(model, tmp_path / "plain.safetensors")
     tensors, meta = read_adapter_file(small)
-    assert json.loads(meta["parts"]) == ["lora", "fa", "decoder", "inr"]
+    assert json.loads(meta["stored_parts"]) == ["lora", "fa", "decoder", "inr"]
     assert not any(".transformer." in k for k in tensors)
     _perturb(model, "mask_decoder", seed=1)
     _perturb(model, "inr", seed=2)
     big = save_adapters(model, tmp_path / "tuned.safetensors")
-    assert "mask_decoder" in json.loads(read_adapter_file(big)[1]["parts"])
+    assert "mask_decoder" in json.loads(read_adapter_file(big)[1]["stored_parts"])
     fresh = load_model("tiny", adapters=big)
     assert fresh.mask_decoder_tuned()
     a, b = model.adapter_state_dict(), fresh.adapter_state_dict()

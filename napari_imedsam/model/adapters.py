@@ -29,13 +29,13 @@ def save_adapters(model: IMedSAM, path: str | Path, extra: dict[str, str] | None
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.file_state_dict().items()}
     meta = {
         "format": FORMAT,
-        "parts": json.dumps(list(model.saved_parts())),
         "config": model.config.to_json(),
         "backbone": model.backbone_name,
         "backbone_hash": model.backbone_hash,
     }
     for key, value in (extra or {}).items():
         meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    meta["stored_parts"] = json.dumps(list(model.saved_parts()))  # what load_adapters reads: never overridden
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
@@ -95,8 +95,8 @@ def load_adapters(model: IMedSAM, path: str | Path) -> dict[str, str]:
             f"this {model.backbone_name!r} model: " + "; ".join(problems)
         )
     groups = model.named_part_parameters()
-    # files written before the mask_decoder part (no "parts" entry) hold exactly the ALWAYS_SAVED parts
-    stored = tuple(json.loads(meta["parts"])) if "parts" in meta else ALWAYS_SAVED
+    # files written before the mask_decoder part (no "stored_parts" entry) hold exactly the ALWAYS_SAVED parts
+    stored = tuple(json.loads(meta["stored_parts"])) if "stored_parts" in meta else ALWAYS_SAVED
     unknown = sorted(set(stored) - set(groups))
     if unknown:
         raise AdapterMismatchError(f"Adapters {path} store parts {unknown} that this version does not know; "
