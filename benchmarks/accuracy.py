@@ -138,7 +138,7 @@ def finetune_curve(image: np.ndarray, nuclei: list[Nucleus], before: list[dict],
     settings; score held-out nuclei outside the largest training set (the same ones for every k; a seeded
     subset of ``heldout`` of them when ``heldout`` > 0)."""
     from napari_imedsam import Predictor, load_model
-    from napari_imedsam.engine.preprocess import image_to_unit
+    from napari_imedsam.model.preprocess import image_to_unit
     from src_training.data.sample import Sample
     from src_training.trainer import TrainConfig, fit
 

@@ -247,7 +247,7 @@ def ablation_rows(backbone: str, settings, device, quick: bool, steps: int) -> l
     the same number of steps for all (no held-out split: the right half is the test)."""
     from napari_imedsam import load_model
     from napari_imedsam.engine.finetune import train_config
-    from napari_imedsam.engine.preprocess import image_to_unit
+    from napari_imedsam.model.preprocess import image_to_unit
     from src_training.data.sample import Sample
     from src_training.trainer import fit
 

@@ -2,7 +2,7 @@
 
 Conventions (DESIGN.md "Training"):
 
-- The image goes through ``engine.preprocess.prepare`` with ``window=(0, 1)``: samples are already in
+- The image goes through ``model.preprocess.prepare`` with ``window=(0, 1)``: samples are already in
   [0, 1] (windowed CT, /255 photos), so the window is the identity and nothing is re-normalised.
 - Boxes are made from the *original* mask (pixel-edge xyxy, jittered outwards by 0..``jitter`` px per side
   in mask pixels, or by up to ``jitter_fraction`` of the box's size when set, capped by ``jitter``) and
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_imedsam.engine.preprocess import prepare
+from napari_imedsam.model.preprocess import prepare
 
 from .data.boxes import box_from_mask, mask_to_box
 from .data.sample import Sample

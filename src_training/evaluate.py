@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_imedsam.engine.device import resolve_device
+from napari_imedsam.model.device import resolve_device
 from napari_imedsam.model.imedsam import IMedSAM
 
 from .batching import input_box, prepare_sample

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_imedsam.engine.device import resolve_device
 from napari_imedsam.model import save_adapters
+from napari_imedsam.model.device import resolve_device
 from napari_imedsam.model.imedsam import PART_NAMES, IMedSAM
 
 from . import checkpoint as ckpt_io

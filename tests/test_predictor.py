@@ -231,7 +231,7 @@ def test_embedding_cache_keys_on_adapters():
 
 
 def test_device_choice():
-    from napari_imedsam.engine.device import available_devices, resolve_device
+    from napari_imedsam.model.device import available_devices, resolve_device
 
     assert "cpu" in available_devices()
     assert resolve_device("auto").type == available_devices()[0]

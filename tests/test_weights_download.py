@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from napari_imedsam.engine import weights
-from napari_imedsam.engine.weights import (
+from napari_imedsam.model import weights
+from napari_imedsam.model.weights import (
     ENV_CACHE,
     SAM_CHECKPOINTS,
     CheckpointNotFound,

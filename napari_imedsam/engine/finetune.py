@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from ..model.adapters import save_adapters
+from ..model.device import resolve_device
 from ..model.imedsam import PART_NAMES, IMedSAM
-from .device import resolve_device
-from .preprocess import image_to_unit
+from ..model.preprocess import image_to_unit
 from .project import PairInfo, Project, VersionInfo
 
 #: Adapters (LoRA, FA, decoder) learn at this fraction of the INR's rate (the paper: 5e-5 vs 1e-3).

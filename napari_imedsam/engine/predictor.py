@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from ..model.box_decoder import BoxFeatures
+from ..model.device import resolve_device
 from ..model.imedsam import IMedSAM
+from ..model.preprocess import Prepared, prepare, validate_box
 from .cache import EmbeddingCache
-from .device import resolve_device
-from .preprocess import Prepared, prepare, validate_box
 from .render import OUTSIDE_LOGIT, RenderStats, pixel_centres, render_logits
 
 MAX_SIDE = 16384

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..model.preprocess import image_to_unit, validate_box
 from .predictor import Predictor
-from .preprocess import image_to_unit, validate_box
 from .render import OUTSIDE_LOGIT
 from .session import SegObject
 from .viewport import Region, View, centres_in_box, pixel_bbox, sub_view

@@ -1,7 +1,7 @@
 """CT intensity windows: what the model sees (the image layer's data and contrast are not changed).
 
 Windows are (low, high) in Hounsfield units; values are clipped to the window and rescaled to [0, 1] by
-:func:`napari_imedsam.engine.preprocess.image_to_unit`. ``"none"`` min-max scales the slice (non-CT)."""
+:func:`napari_imedsam.model.preprocess.image_to_unit`. ``"none"`` min-max scales the slice (non-CT)."""
 
 from __future__ import annotations
 

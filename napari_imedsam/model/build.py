@@ -34,7 +34,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
 
     adapters: a file path; ``True`` (default) uses the embedded default head when the package ships one for
     this backbone; ``None``/``False`` gives the plain backbone with freshly initialised (identity) adapters.
-    SAM weights are found by ``engine.weights.resolve_checkpoint`` (explicit path, then the cache folder;
+    SAM weights are found by ``model.weights.resolve_checkpoint`` (explicit path, then the cache folder;
     ``download=True`` fetches them with a verified download).
     """
     if adapters is True:
@@ -46,7 +46,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
     elif config is None:
         config = default_config(name, **overrides)
     if name in SAM_VIT:
-        from ..engine.weights import resolve_checkpoint
+        from .weights import resolve_checkpoint
 
         checkpoint = resolve_checkpoint(name, path=checkpoint, download=download)
     elif name == "tiny" and checkpoint is not None:

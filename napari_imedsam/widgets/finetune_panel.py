@@ -18,8 +18,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..engine.device import available_devices
 from ..engine.finetune import default_parts
+from ..model.device import available_devices
 from ..model.imedsam import PART_NAMES
 from .loss_plot import LossPlot
 from .panels import _button, _row

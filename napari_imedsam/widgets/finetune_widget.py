@@ -20,9 +20,9 @@ import numpy as np
 from qtpy.QtCore import QCoreApplication, QTimer
 from qtpy.QtWidgets import QFileDialog, QListWidgetItem, QWidget
 
-from ..engine.device import resolve_device
 from ..engine.finetune import SPLIT_RULES, FinetuneError, FinetuneRun, FinetuneSettings, seconds_per_step_prior
 from ..engine.project import Project, ProjectError, default_project_dir, safe_name, user_projects_root
+from ..model.device import resolve_device
 from . import _triton_guard, finetune_panel
 from .finetune_adapters import AdapterVersions
 from .layers import base_data, load_slice, unsupported_reason

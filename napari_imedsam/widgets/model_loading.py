@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine.device import available_devices
+from ..model.device import available_devices
 
 
 class ModelLoadError(RuntimeError):

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..engine import windows
-from ..engine.device import available_devices
+from ..model.device import available_devices
 
 BACKBONES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "tiny")
 FACTORS = ("1x", "2x", "4x")
