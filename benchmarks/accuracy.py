@@ -54,10 +54,25 @@ def stardist_files() -> tuple[Path, Path]:
     return img, mask
 
 
+def objects_of(labels: np.ndarray, ids=None, min_area: int = 4) -> list[Nucleus]:
+    """Every object of a label image (or those in ``ids``) of at least ``min_area`` px, with its tight box."""
+    from scipy import ndimage
+
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None or (ids is not None and i not in ids):
+            continue
+        mask = labels == i
+        if mask.sum() < min_area:
+            continue
+        box = np.array([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop], dtype=np.float32)
+        out.append(Nucleus(i, mask, box))
+    return out
+
+
 def load_nuclei(quick: bool) -> tuple[np.ndarray, list[Nucleus]]:
     """The image (uint16) and its nuclei; ``quick`` takes the top-left 128x128 and 5 nuclei inside it."""
     import tifffile
-    from scipy import ndimage
 
     img_path, mask_path = stardist_files()
     image, labels = tifffile.imread(img_path), tifffile.imread(mask_path)
@@ -65,20 +80,8 @@ def load_nuclei(quick: bool) -> tuple[np.ndarray, list[Nucleus]]:
         image, labels = image[:128, :128], labels[:128, :128].copy()
         cut = np.unique(np.r_[labels[-1], labels[:, -1]])
         labels[np.isin(labels, cut[cut > 0])] = 0  # nuclei cut by the crop's edge are dropped
-    nuclei = []
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        box = np.array([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop], dtype=np.float32)
-        nuclei.append(Nucleus(i, labels == i, box))
+    nuclei = objects_of(labels, min_area=1)
     return image, nuclei[:5] if quick else nuclei
-
-
-def window(box: np.ndarray, hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1): the box grown by its own size on each side (>= 8 px), clipped to the image."""
-    x0, y0, x1, y1 = (int(v) for v in box)
-    m = max(8, x1 - x0, y1 - y0)
-    return max(0, y0 - m), max(0, x0 - m), min(hw[0], y1 + m), min(hw[1], x1 + m)
 
 
 def downsample(image: np.ndarray, factor: int) -> np.ndarray:
@@ -95,11 +98,12 @@ def score(pred, nuclei: Sequence[Nucleus], hw: tuple[int, int], factor: int, met
           device: torch.device | None = None) -> dict[str, list[dict]]:
     """Per-nucleus metrics of each method; ``pred`` holds the image downsampled by ``factor``; masks are
     rendered at the native grid (``hw``)."""
+    from src_training.evaluate import box_window
     from src_training.metrics import compute_metrics
 
     out: dict[str, list[dict]] = {m: [] for m in methods}
     for n in nuclei:
-        y0, x0, y1, x1 = window(n.box, hw)
+        y0, x0, y1, x1 = box_window(n.box, hw)
         region = (y0 / factor, x0 / factor, y1 / factor, x1 / factor)
         box = n.box / factor
         for method in methods:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .accuracy import Nucleus, load_nuclei, score, stardist_files, summarise
+from .accuracy import Nucleus, load_nuclei, objects_of, score, stardist_files, summarise
 from .common import base_parser, devices_for, fmt, machine_info, machine_line, markdown_table, section
 from .common import write_json as write_results
 
@@ -46,21 +46,6 @@ class Scene:
     objects: list[Nucleus]
     window: tuple[float, float] | None = None
     name: str = ""
-
-
-def objects_of(labels: np.ndarray, ids: Sequence[int] | None = None, min_area: int = 4) -> list[Nucleus]:
-    from scipy import ndimage
-
-    out = []
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None or (ids is not None and i not in ids):
-            continue
-        mask = labels == i
-        if mask.sum() < min_area:
-            continue
-        box = np.array([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop], dtype=np.float32)
-        out.append(Nucleus(i, mask, box))
-    return out
 
 
 def score_scenes(model, scenes: Sequence[Scene], device: torch.device, methods=METHODS) -> dict[str, dict]:
@@ -82,15 +67,14 @@ def score_scenes(model, scenes: Sequence[Scene], device: torch.device, methods=M
 def variance_ratio(model, scenes: Sequence[Scene], device: torch.device) -> dict:
     """Mean MC-dropout variance where the mask is wrong / where it is right (window around each box)."""
     from napari_imedsam import Predictor
-
-    from .accuracy import window
+    from src_training.evaluate import box_window
 
     pred = Predictor(model, device=device)
     wrong, right = [], []
     for sc in scenes:
         pred.set_image(sc.image, window=sc.window)
         for n in sc.objects:
-            y0, x0, y1, x1 = window(n.box, sc.image.shape[:2])
+            y0, x0, y1, x1 = box_window(n.box, sc.image.shape[:2])
             shape, region = (y1 - y0, x1 - x0), (y0, x0, y1, x1)
             prob = pred.predict(n.box, out_shape=shape, region=region)
             var = pred.uncertainty(n.box, out_shape=shape, region=region)

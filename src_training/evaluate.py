@@ -52,11 +52,12 @@ def resize_nearest(mask: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
     return mask[np.ix_(rows, cols)]
 
 
-def box_window(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1): the mask's box grown by its own size on each side (>= 8 px), clipped to the mask."""
-    x0, y0, x1, y1 = (int(v) for v in mask_to_box(mask))
+def box_window(box, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1): the xyxy box grown by its own size on each side (>= 8 px), clipped to the image:
+    where an object is scored (outside it counts as background), as the accuracy benchmark does."""
+    x0, y0, x1, y1 = (int(v) for v in box)
     m = max(8, x1 - x0, y1 - y0)
-    return max(0, y0 - m), max(0, x0 - m), min(mask.shape[0], y1 + m), min(mask.shape[1], x1 + m)
+    return max(0, y0 - m), max(0, x0 - m), min(hw[0], y1 + m), min(hw[1], x1 + m)
 
 
 @torch.no_grad()
@@ -89,7 +90,8 @@ def render_logits(model: IMedSAM, samples: Sequence[Sample], device: str | torch
             for res in resolutions:
                 oh, ow = output_shape(item.mask.shape, res)
                 h, w = item.mask.shape
-                wy0, wx0, wy1, wx1 = box_window(item.mask) if windowed and res is None else (0, 0, oh, ow)
+                full = (0, 0, oh, ow)
+                wy0, wx0, wy1, wx1 = box_window(mask_to_box(item.mask), (h, w)) if windowed and res is None else full
                 ys = (np.arange(wy0, wy1, dtype=np.float32) + 0.5) * (h / oh) * item.scale_yx[0]
                 xs = (np.arange(wx0, wx1, dtype=np.float32) + 0.5) * (w / ow) * item.scale_yx[1]
                 gy, gx = np.meshgrid(ys, xs, indexing="ij")

@@ -38,7 +38,7 @@ from .evaluate import dice_scores, evaluate_dice
 from .losses import coarse_weight_at, training_loss
 from .sampling import DEFAULT_MIX, PointMix
 
-__all__ = ["Callbacks", "FitResult", "TrainConfig", "evaluate_dice", "fit"]
+__all__ = ["Callbacks", "FitResult", "TrainConfig", "encode_cached", "evaluate_dice", "fit"]
 
 # TrainConfig fields that may change between a run and its resumption (they do not change the maths)
 RESUMABLE_CHANGES = ("device", "checkpoint_every", "workers", "val_every", "patience", "val_window")
@@ -270,21 +270,28 @@ class _Run:
         return emb[[slot[k] for k in batch.keys]]
 
     def encode_keyed(self, images: torch.Tensor, keys: Sequence[tuple]) -> torch.Tensor:
-        with torch.no_grad():
-            if not self.config.cache_embeddings:
-                self.encoder_calls += len(images)
+        if not self.config.cache_embeddings:
+            self.encoder_calls += len(images)
+            with torch.no_grad():
                 return self.model.encode(images)
-            missing: dict[tuple, int] = {}
-            for i, k in enumerate(keys):
-                if k not in self.embeddings:
-                    missing.setdefault(k, i)
-            if missing:
-                idx = list(missing.values())
-                self.encoder_calls += len(idx)
-                emb = self.model.encode(images[idx])
-                for j, k in enumerate(missing):
-                    self.embeddings[k] = emb[j]
-            return torch.stack([self.embeddings[k] for k in keys])
+        emb, encoded = encode_cached(self.model, images, keys, self.embeddings)
+        self.encoder_calls += encoded
+        return emb
+
+
+def encode_cached(model: IMedSAM, images: torch.Tensor, keys: Sequence[tuple], cache: dict
+                  ) -> tuple[torch.Tensor, int]:
+    """Frozen-encoder embeddings of ``images`` through ``cache`` (keyed by ``PreparedSample.key``: image
+    content and flips): each distinct image is encoded once. Returns the embeddings and how many were encoded."""
+    missing: dict[tuple, int] = {}
+    for i, k in enumerate(keys):
+        if k not in cache:
+            missing.setdefault(k, i)
+    if missing:
+        with torch.no_grad():
+            emb = model.encode(images[list(missing.values())])
+        cache.update(zip(missing, emb))
+    return torch.stack([cache[k] for k in keys]), len(missing)
 
 
 def _grad_norm(params: Sequence[torch.nn.Parameter]) -> float:

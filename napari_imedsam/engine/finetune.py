@@ -183,6 +183,12 @@ def split_held_out(pairs: Sequence[PairInfo], fraction: float, encoder_trains: b
     return [p for p in pairs if p.id not in held_ids], [p for p in pairs if p.id in held_ids], rule
 
 
+def planned_steps(s: FinetuneSettings, pairs: Sequence[PairInfo]) -> int:
+    """The most steps a run on ``pairs`` takes with ``s`` (its training side of the held-out split)."""
+    train, _, _ = split_held_out(pairs, s.held_out, bool({"lora", "fa"} & set(s.parts)))
+    return s.steps_for(max(1, len(train)))
+
+
 def train_config(s: FinetuneSettings, n_train: int, validated: bool, device: str | torch.device = "auto"):
     """The ``src_training`` configuration of a widget run on ``n_train`` pairs (benchmarks use it too)."""
     from src_training.trainer import TrainConfig
@@ -250,9 +256,7 @@ class FinetuneRun:
 
     def planned_steps(self) -> int:
         """Steps this run will take at most (early stopping may end it sooner)."""
-        s = self.settings
-        train, _, _ = split_held_out(self.pairs, s.held_out, bool({"lora", "fa"} & set(s.parts)))
-        return s.steps_for(len(train))
+        return planned_steps(self.settings, self.pairs)
 
     def estimate_seconds(self) -> float | None:
         """Training time from the last run with the same backbone, parts, device and batch (None: unknown)."""
@@ -325,12 +329,9 @@ class FinetuneRun:
 
     def _encode_cached(self, images: torch.Tensor, keys: list[tuple]) -> torch.Tensor:
         """The frozen encoder with the run's embedding cache (shared with ``fit``: one encode per slice)."""
-        missing = {k: i for i, k in reversed(list(enumerate(keys))) if k not in self._embeddings}
-        if missing:
-            with torch.no_grad():
-                emb = self.model.encode(images[list(missing.values())])
-            self._embeddings.update(zip(missing, emb))
-        return torch.stack([self._embeddings[k] for k in keys])
+        from src_training.trainer import encode_cached
+
+        return encode_cached(self.model, images, keys, self._embeddings)[0]
 
     def _dice_unless_stopped(self, evaluate_dice, samples, chunk: int = 2) -> float | None:
         """Mean Dice over ``samples``, a few at a time so that Stop is obeyed within seconds (None if stopped).

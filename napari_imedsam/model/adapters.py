@@ -26,7 +26,8 @@ def save_adapters(model: IMedSAM, path: str | Path, extra: dict[str, str] | None
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.file_state_dict().items()}
+    parts = model.saved_parts()
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.file_state_dict(parts).items()}
     meta = {
         "format": FORMAT,
         "config": model.config.to_json(),
@@ -35,7 +36,7 @@ def save_adapters(model: IMedSAM, path: str | Path, extra: dict[str, str] | None
     }
     for key, value in (extra or {}).items():
         meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    meta["stored_parts"] = json.dumps(list(model.saved_parts()))  # what load_adapters reads: never overridden
+    meta["stored_parts"] = json.dumps(list(parts))  # what load_adapters reads: never overridden
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)

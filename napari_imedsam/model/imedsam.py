@@ -97,10 +97,10 @@ class IMedSAM(nn.Module):
         """The parts an adapter file of this model stores: the small ones always, the mask decoder if tuned."""
         return ALWAYS_SAVED + (("mask_decoder",) if self.mask_decoder_tuned() else ())
 
-    def file_state_dict(self) -> dict[str, torch.Tensor]:
-        """What an adapter file stores (``saved_parts``)."""
+    def file_state_dict(self, parts: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """What an adapter file stores (``parts``, default ``saved_parts()``)."""
         groups = self.named_part_parameters()
-        return {n: p.detach() for part in self.saved_parts() for n, p in groups[part]}
+        return {n: p.detach() for part in (parts or self.saved_parts()) for n, p in groups[part]}
 
     def reset_mask_decoder(self) -> None:
         """Back to the backbone's own mask-decoder weights (an adapter file that does not carry them)."""

@@ -152,10 +152,13 @@ class BoxController:
         label = replaces.label if replaces is not None else w.take_label(sess)
         obj = sess.store.new(label, clipped, z)
         self._set_features(sess, i, label, obj.uid)
-        job = BoxJob(sess, obj, replaces)
-        if w.segmenter is None:
+        self.queue(BoxJob(sess, obj, replaces))
+
+    def queue(self, job: BoxJob) -> None:
+        """Run ``job`` now, or once the model has loaded."""
+        if self.w.segmenter is None:
             self.pending.append(job)
-            w.start_loading()
+            self.w.start_loading()
             return
         self.run(job)
 
@@ -165,14 +168,8 @@ class BoxController:
         paints over the pixels of ``keep_labels``."""
         objs = [o for o in sess.store.on_slice(z) if o.label not in keep_labels]
         for old in objs:
-            job = BoxJob(sess, sess.store.new(old.label, old.box, old.slice), replaces=old,
-                         protect=frozenset(keep_labels))
-            if self.w.segmenter is None:
-                self.pending.append(job)
-            else:
-                self.run(job)
-        if objs and self.w.segmenter is None:
-            self.w.start_loading()
+            self.queue(BoxJob(sess, sess.store.new(old.label, old.box, old.slice), replaces=old,
+                              protect=frozenset(keep_labels)))
         return len(objs)
 
     def run(self, job: BoxJob) -> None:

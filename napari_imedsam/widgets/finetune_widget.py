@@ -20,7 +20,14 @@ import numpy as np
 from qtpy.QtCore import QCoreApplication, QTimer
 from qtpy.QtWidgets import QFileDialog, QListWidgetItem, QWidget
 
-from ..engine.finetune import SPLIT_RULES, FinetuneError, FinetuneRun, FinetuneSettings, seconds_per_step_prior
+from ..engine.finetune import (
+    SPLIT_RULES,
+    FinetuneError,
+    FinetuneRun,
+    FinetuneSettings,
+    planned_steps,
+    seconds_per_step_prior,
+)
 from ..engine.project import Project, ProjectError, default_project_dir, safe_name, user_projects_root
 from ..model.device import resolve_device
 from . import _triton_guard, finetune_panel
@@ -484,8 +491,7 @@ def estimate_text(s: FinetuneSettings, model, project: Project | None, device) -
     if not per_step and model is not None:
         per_step, source = seconds_per_step_prior(model.backbone_name, s.parts, device, s.batch_size), \
             "typical on a 2-core CPU"
-    n_pairs = len(project) if project is not None else 0
-    steps = s.steps_for(max(1, int(round(n_pairs * (1 - s.held_out))))) if n_pairs else (s.steps or None)
+    steps = planned_steps(s, project.pairs) if project is not None and len(project) else (s.steps or None)
     encoder = {"lora", "fa"} & set(s.parts)
     if per_step and steps:
         text = (f"{where}: {per_step:.2f} s/step ({source}), up to {steps} steps: at most about "
