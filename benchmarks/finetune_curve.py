@@ -88,8 +88,8 @@ def variance_ratio(model, scenes: Sequence[Scene], device: torch.device) -> dict
 
 def finetune(model, train: Sequence[tuple[np.ndarray, np.ndarray, tuple]], settings, window=None) -> tuple:
     """Put the corrected slices into a fresh project and run the fine-tune widget's ``FinetuneRun``."""
-    from napari_imedsam.engine.finetune import FinetuneRun
-    from napari_imedsam.engine.project import Project
+    from napari_imedsam.finetune.project import Project
+    from napari_imedsam.finetune.run import FinetuneRun
 
     with tempfile.TemporaryDirectory() as folder:
         project = Project(folder)
@@ -149,7 +149,7 @@ def dsb_rows(backbone: str, counts: Sequence[int], settings, device, quick: bool
 
 def phantom_rows(backbone: str, settings, device, quick: bool) -> list[dict]:
     from napari_imedsam import load_model
-    from napari_imedsam.engine.phantom import LEFT_KIDNEY, RIGHT_KIDNEY, make_ct_phantom
+    from napari_imedsam.samples.phantom import LEFT_KIDNEY, RIGHT_KIDNEY, make_ct_phantom
 
     shape = (10, 64, 64) if quick else (40, 256, 256)
     kidneys = (RIGHT_KIDNEY, LEFT_KIDNEY)
@@ -230,7 +230,7 @@ def ablation_rows(backbone: str, settings, device, quick: bool, steps: int) -> l
     """The choices behind the defaults: ``fit`` on 20 DSB nuclei of the left half with one setting changed,
     the same number of steps for all (no held-out split: the right half is the test)."""
     from napari_imedsam import load_model
-    from napari_imedsam.engine.finetune import train_config
+    from napari_imedsam.finetune.run import train_config
     from napari_imedsam.model.preprocess import image_to_unit
     from src_training.data.sample import Sample
     from src_training.trainer import fit
@@ -276,7 +276,7 @@ def curve_table(rows: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from napari_imedsam.engine.finetune import FinetuneSettings
+    from napari_imedsam.finetune.run import FinetuneSettings
 
     parser = base_parser("finetune_curve", "Held-out Dice before/after fine-tuning on a few corrected objects.",
                          repeats=False)

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from src_training.metrics import dice
+
 from .common import (
     autocast,
     base_parser,
@@ -43,11 +45,6 @@ DECODER_RATIO_TARGET = 2.0
 ADAPTIVE_FRACTION_TARGET = 0.20
 ADAPTIVE_DICE_TARGET = 0.995
 VIEW_TARGET_S = {"cpu": 0.5, "cuda": 0.030}
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def _free() -> None:
@@ -150,13 +147,12 @@ def _render_device(model, image: np.ndarray, box: np.ndarray, dev: torch.device,
     pred = Predictor(model, device=dev)
     with autocast(dev):
         pred.set_image(image)
-    emb = pred._ensure_embedding()  # the cached image embedding (a benchmark may look inside)
-    sy, sx = pred._prepared.scale_yx
-    box_in = torch.tensor([[box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]], device=dev)
+    emb = pred.get_image_embedding()
+    box_in = torch.from_numpy(pred.transform_box(box)).to(dev)[None]
     size = image.shape[0]
 
     def fresh() -> None:
-        pred._boxes.clear()  # forget the box features: every repeat pays for the box decoder
+        pred.clear_prompt_cache()  # every repeat pays for the box decoder
 
     def call(fn, *args, **kw):
         with torch.no_grad(), autocast(dev):
@@ -177,7 +173,7 @@ def _render_device(model, image: np.ndarray, box: np.ndarray, dev: torch.device,
                            setup=fresh)
             stats_de = pred.last_stats
             m_up = measure(lambda out=out: call(pred.predict_backbone, box, out_shape=out), dev, repeats)
-        dice = _dice(m_ad.result > 0.5, m_de.result > 0.5)
+        agreement = dice(m_ad.result > 0.5, m_de.result > 0.5)
         backbone_s = decode.median + m_up.median
         common = {**base, "scale": scale, "out_shape": list(out)}
         rows += [
@@ -185,11 +181,11 @@ def _render_device(model, image: np.ndarray, box: np.ndarray, dev: torch.device,
              "median_s": backbone_s, "decoder_s": decode.median, "upsample_s": m_up.median, "repeats": repeats,
              "peak_mib": m_up.to_dict()["peak_mib"], "points_per_pixel": None, "dice_vs_dense": None},
             {**common, "method": "I-MedSAM adaptive", "includes": "box decoder + UGS threshold + render",
-             **m_ad.to_dict(), "points_per_pixel": stats_ad.fraction, "dice_vs_dense": dice,
+             **m_ad.to_dict(), "points_per_pixel": stats_ad.fraction, "dice_vs_dense": agreement,
              "ratio_to_backbone": m_ad.median / backbone_s, "evaluated": stats_ad.evaluated,
              "fraction_of_dense": stats_ad.evaluated / max(1, stats_de.evaluated)},
             {**common, "method": "I-MedSAM adaptive, box cached", "includes": "render only",
-             **m_cached.to_dict(), "points_per_pixel": stats_ad.fraction, "dice_vs_dense": dice},
+             **m_cached.to_dict(), "points_per_pixel": stats_ad.fraction, "dice_vs_dense": agreement},
             {**common, "method": "I-MedSAM dense", "includes": "box decoder + UGS threshold + render",
              **m_de.to_dict(), "points_per_pixel": stats_de.fraction, "dice_vs_dense": 1.0,
              "evaluated": stats_de.evaluated},
@@ -230,7 +226,7 @@ def _view_rows(pred, box, prob: np.ndarray, out: tuple[int, int], side: float, r
               "out_shape": list(out), "zoom": out[0] / side}
     return [
         {**common, "method": "I-MedSAM adaptive", **m_ad.to_dict(), "points_per_pixel": stats_ad.fraction,
-         "dice_vs_dense": _dice(prob_ad > 0.5, prob_de > 0.5), "target_s": target,
+         "dice_vs_dense": dice(prob_ad > 0.5, prob_de > 0.5), "target_s": target,
          "target_met": None if target is None else bool(m_ad.median < target)},
         {**common, "method": "I-MedSAM dense", **m_de.to_dict(), "points_per_pixel": stats_de.fraction,
          "dice_vs_dense": 1.0},

@@ -77,8 +77,8 @@ def mri_volume() -> list[LayerData]:
 
 def ct_phantom() -> list[LayerData]:
     """A synthetic abdominal CT volume in HU (the ground truth comes from ``make_ct_phantom``)."""
-    from napari_imedsam.engine.phantom import make_ct_phantom
     from napari_imedsam.io.volumes import CT_WINDOW, make_metadata
+    from napari_imedsam.samples.phantom import make_ct_phantom
 
     hu, _labels, spacing = make_ct_phantom()
     meta = make_metadata(hu.shape, spacing)

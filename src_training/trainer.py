@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_imedsam.model import save_adapters
+from napari_imedsam.model import save_adapters, triton_guard
 from napari_imedsam.model.device import resolve_device
 from napari_imedsam.model.imedsam import PART_NAMES, IMedSAM
 
@@ -401,6 +401,7 @@ def fit(model: IMedSAM, train: Sequence[Sample], val: Sequence[Sample] | None, c
     ``embedding_cache``: a dict shared with the caller (``batching.content_key`` keys, see ``embedding_key``),
     filled and used when ``config.cache_embeddings`` is on, e.g. to reuse the encodes of a check before ``fit``.
     """
+    triton_guard.apply()  # the optimizer imports torch._dynamo: keep triton away from a viewer's LLVM
     callbacks = callbacks or Callbacks()
     info = distributed.current()
     device = resolve_device(config.device)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from napari_imedsam.engine.contours import object_polygons, object_view, polygon_area, polygons_from_prob
+from napari_imedsam.engine.objects import SegObject
 from napari_imedsam.engine.refine import refine_slice, upsample_nearest
 from napari_imedsam.engine.render import pixel_centres
-from napari_imedsam.engine.session import SegObject
 
 CY, CX, R = 20.3, 25.6, 7.4  # a disk in the image frame (pixel edges at integers)
 

@@ -34,10 +34,8 @@ def ellipse_volume(n: int = 10, size: int = 64, seed: int = 0) -> tuple[np.ndarr
 def setup(make_napari_viewer, tmp_path, n: int = 10, segment: bool = True):
     """Viewer with the volume, its corrected labels, a Segment widget (tiny model) and the widget."""
     viewer = make_napari_viewer()  # first: the plugin's triton guard checks what the viewer loaded
-    from napari_imedsam.widgets import _triton_guard
     from napari_imedsam.widgets.finetune_widget import FinetuneWidget
 
-    _triton_guard.apply()
     image, labels = ellipse_volume(n)
     viewer.add_image(image, name="scan")
     viewer.add_labels(labels, name="truth")
@@ -72,7 +70,7 @@ def messages(w, level=None) -> str:
 
 def folder_consistent(folder: Path) -> object:
     """Reopening finds nothing to repair and every listed file exists."""
-    from napari_imedsam.engine.project import Project
+    from napari_imedsam.finetune.project import Project
 
     project = Project(folder)
     assert project.problems == [], project.problems
@@ -93,7 +91,7 @@ def test_finetune_improves_heldout_dice_and_hands_over(make_napari_viewer, tmp_p
     from qtpy.QtCore import QTimer
 
     from napari_imedsam import Predictor, load_model
-    from napari_imedsam.engine.finetune import split_held_out
+    from napari_imedsam.finetune.run import split_held_out
 
     viewer, seg, w = setup(make_napari_viewer, tmp_path)
     w.open_project(tmp_path / "proj")
@@ -204,7 +202,7 @@ def test_bad_input_messages(make_napari_viewer, tmp_path, monkeypatch):
     # a project folder that cannot be used
     (tmp_path / "a_file").write_text("x")
     assert w.open_project(tmp_path / "a_file" / "proj") is None and "Cannot create" in messages(w, "error")
-    import napari_imedsam.engine.project as project_module
+    import napari_imedsam.finetune.project as project_module
 
     def refuse(*_a, **_k):
         raise PermissionError(13, "Permission denied")
@@ -319,7 +317,7 @@ def test_worse_result_keeps_previous_adapters_until_chosen(make_napari_viewer, t
 
 def test_without_segment_widget_loads_its_own_model(make_napari_viewer, tmp_path, monkeypatch, qtbot):
     from napari_imedsam import load_model
-    from napari_imedsam.widgets import model_loading
+    from napari_imedsam.engine import model_loading
 
     monkeypatch.setattr(model_loading, "load", lambda *_a, **_k: model_loading.LoadedModel(
         load_model("tiny", adapters=None), "cpu", "tiny"))

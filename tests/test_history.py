@@ -8,7 +8,8 @@ import pytest
 
 from napari_imedsam.engine import windows
 from napari_imedsam.engine.history import History, paste_mask
-from napari_imedsam.engine.session import BCV_ORGANS, LabelBook, ObjectStore
+from napari_imedsam.engine.objects import ObjectStore
+from napari_imedsam.widgets.label_book import BCV_ORGANS, LabelBook
 
 
 def _disk(shape, cy, cx, r):

@@ -12,10 +12,7 @@ from napari_imedsam import Predictor, load_model
 from napari_imedsam.model import AdapterMismatchError, load_adapters, save_adapters
 from napari_imedsam.model.build import build_model
 from napari_imedsam.model.config import default_config
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+from src_training.metrics import dice
 
 
 def disk_image(size: int = 160, seed: int = 0) -> np.ndarray:

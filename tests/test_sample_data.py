@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from napari_imedsam import sample_data
-from napari_imedsam.engine.phantom import ORGAN_IDS, make_ct_phantom
+from napari_imedsam.samples.phantom import ORGAN_IDS, make_ct_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -306,7 +306,7 @@ def test_result_goes_to_its_slice_even_if_the_view_moves(make_napari_viewer, not
 
 
 def test_model_errors_name_the_file_and_backbone(make_napari_viewer, notes, tmp_path):
-    from napari_imedsam.widgets.model_loading import ModelLoadError
+    from napari_imedsam.engine.model_loading import ModelLoadError
 
     viewer = make_napari_viewer()
     viewer.add_image(disk_image(), name="scan")
@@ -333,7 +333,7 @@ def test_model_errors_name_the_file_and_backbone(make_napari_viewer, notes, tmp_
 
 
 def test_absent_device_falls_back_with_a_notice(make_napari_viewer, notes, monkeypatch):
-    from napari_imedsam.widgets import model_loading
+    from napari_imedsam.engine import model_loading
 
     monkeypatch.setattr(model_loading, "available_devices", lambda: ["cpu"])
     viewer = make_napari_viewer()

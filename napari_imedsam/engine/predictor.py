@@ -20,6 +20,10 @@ from .render import OUTSIDE_LOGIT, RenderStats, pixel_centres, render_logits
 MAX_SIDE = 16384
 
 
+def _device_of(model: IMedSAM) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))).astype(np.float32)
 
@@ -29,12 +33,17 @@ class Predictor:
 
     ``predict(box, out_shape=(h, w), region=(y0, x0, y1, x1))`` renders ``region`` (image pixels, may be
     fractional and extend past the image; default the whole image) at ``out_shape`` (default the region's
-    size in pixels). Thread-safe: one lock around the model."""
+    size in pixels). Thread-safe: one lock around the model.
 
-    def __init__(self, model: IMedSAM, device: str | torch.device = "auto", cache_bytes: int = 512 * 2**20,
+    ``device=None`` (the default) uses the model where it is and never moves it; naming a device
+    (``"auto"``: cuda > mps > cpu, ``"cpu"``, ``"cuda:1"``) asks for the model to be moved there, in place as
+    ``nn.Module.to`` does, now and whenever ``model`` is swapped. The model is put in eval mode."""
+
+    def __init__(self, model: IMedSAM, device: str | torch.device | None = None, cache_bytes: int = 512 * 2**20,
                  chunk: int = 32768):
-        self.device = resolve_device(device)
-        self._model = model.to(self.device).eval()
+        self._moves_model = device is not None
+        self.device = resolve_device(device) if device is not None else _device_of(model)
+        self._model = self._placed(model)
         self.cache = EmbeddingCache(cache_bytes)
         self.chunk = int(chunk)
         self._lock = threading.RLock()
@@ -53,15 +62,24 @@ class Predictor:
     def model(self, model: IMedSAM) -> None:
         """Swap the model (e.g. new adapters); the current image is re-embedded on next use."""
         with self._lock:
-            self._model = model.to(self.device).eval()
+            self._model = self._placed(model)
             self._embedding = None
             self._boxes.clear()
 
+    def _placed(self, model: IMedSAM) -> IMedSAM:
+        if self._moves_model:
+            model = model.to(self.device)
+        else:
+            self.device = _device_of(model)
+        return model.eval()
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._prepared is not None
+
     @property
     def image_hw(self) -> tuple[int, int]:
-        if self._prepared is None:
-            raise RuntimeError("No image set: call set_image(image) first.")
-        return self._prepared.image_hw
+        return self._require_image().image_hw
 
     def _model_key(self) -> tuple[str, str]:
         return self._model.backbone_hash, self._model.encoder_adapter_hash()
@@ -84,8 +102,7 @@ class Predictor:
             self._ensure_embedding()
 
     def _ensure_embedding(self) -> torch.Tensor:
-        if self._prepared is None:
-            raise RuntimeError("No image set: call set_image(image) first.")
+        self._require_image()
         if self._embedding is None:
             key = (self._image_key, *self._model_key())
             emb = self.cache.get(key)
@@ -96,6 +113,36 @@ class Predictor:
             self._embedding = emb
         return self._embedding
 
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current image's embedding (computed once per image and model, then cached), as SAM's."""
+        with self._lock:
+            return self._ensure_embedding()
+
+    def reset_image(self) -> None:
+        """Forget the current image (its cached embedding stays in ``cache`` for a later ``set_image``)."""
+        with self._lock:
+            self._prepared = self._image_key = self._embedding = None
+            self._boxes.clear()
+
+    def clear_prompt_cache(self) -> None:
+        """Forget the per-box features, so the next query runs the box decoder again (benchmarks)."""
+        with self._lock:
+            self._boxes.clear()
+
+    def transform_coords(self, xy) -> np.ndarray:
+        """Points (N, 2) as (x, y) in the image's pixel frame -> the model input's pixel frame."""
+        sy, sx = self._require_image().scale_yx
+        return np.asarray(xy, dtype=np.float32).reshape(-1, 2) * np.array([sx, sy], dtype=np.float32)
+
+    def transform_box(self, box) -> np.ndarray:
+        """A box (x0, y0, x1, y1) in image pixels -> the model input's pixel frame, as ``decode_box`` takes."""
+        return self.transform_coords(np.asarray(box, dtype=np.float32).reshape(2, 2)).reshape(4)
+
+    def _require_image(self) -> Prepared:
+        if self._prepared is None:
+            raise RuntimeError("No image set: call set_image(image) first.")
+        return self._prepared
+
     def invalidate(self) -> None:
         """Forget embeddings and box features (call after changing the model's weights in place)."""
         with self._lock:
@@ -105,9 +152,7 @@ class Predictor:
 
     # ---- boxes -----------------------------------------------------------------------------------------
     def _box_state(self, box) -> tuple[BoxFeatures, torch.Tensor | None]:
-        prep = self._prepared
-        if prep is None:
-            raise RuntimeError("No image set: call set_image(image) first.")
+        prep = self._require_image()
         clipped = validate_box(box, prep.image_hw)
         emb_key = self._model_key()
         key = (self._image_key, *emb_key, self._decoder_key(), tuple(round(v, 4) for v in clipped))
@@ -115,9 +160,7 @@ class Predictor:
             self._boxes.move_to_end(key)
             return self._boxes[key]
         emb = self._ensure_embedding()
-        sy, sx = prep.scale_yx
-        b = torch.tensor([[clipped[0] * sx, clipped[1] * sy, clipped[2] * sx, clipped[3] * sy]],
-                         device=self.device)
+        b = torch.from_numpy(self.transform_box(clipped)).to(self.device)[None]
         valid = torch.tensor([prep.valid_hw], device=self.device, dtype=torch.float32)
         with torch.no_grad():
             feats = self._model.decode_box(emb, b)
@@ -128,9 +171,7 @@ class Predictor:
         return feats, tau
 
     def _points_to_input(self, xy: np.ndarray) -> torch.Tensor:
-        sy, sx = self._prepared.scale_yx
-        pts = torch.from_numpy(np.asarray(xy, dtype=np.float32) * np.array([sx, sy], dtype=np.float32))
-        return pts.to(self.device)
+        return torch.from_numpy(self.transform_coords(xy)).to(self.device)
 
     def _query(self, feats: BoxFeatures, tau, xy: np.ndarray, what: str) -> np.ndarray:
         valid = torch.tensor([self._prepared.valid_hw], device=self.device, dtype=torch.float32)

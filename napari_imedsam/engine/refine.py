@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from .contours import object_view
-from .session import SegObject
+from .objects import SegObject
 from .viewport import Region, centres_in_box
 
 # (box, region, out_shape) -> probabilities over region at out_shape

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..model.preprocess import image_to_unit, validate_box
+from .objects import SegObject
 from .predictor import Predictor
 from .render import OUTSIDE_LOGIT
-from .session import SegObject
 from .viewport import Region, View, centres_in_box, pixel_bbox, sub_view
 
 

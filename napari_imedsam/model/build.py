@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from . import triton_guard
 from .adapters import adapter_config, load_adapters
 from .backbones import SAM_VIT, build_backbone
 from .config import IMedSAMConfig, default_config
@@ -15,6 +16,7 @@ from .imedsam import IMedSAM
 def build_model(config: IMedSAMConfig, checkpoint: str | Path | None = None,
                 device: torch.device | str = "cpu") -> IMedSAM:
     """The model for ``config`` on ``device`` (``"meta"`` builds shapes only, for counting parameters)."""
+    triton_guard.apply()  # the backbones import torchvision; a viewer may have mapped LLVM since import
     parts = build_backbone(config.backbone, config.image_size, checkpoint=checkpoint, device=device)
     with torch.device(device):
         model = IMedSAM(parts, config)

@@ -1,6 +1,2 @@
-"""Qt widgets (thin, over the engine). Importing them happens after napari's canvas exists, which is when
-triton must be kept away from Mesa's LLVM (see ``_triton_guard``)."""
-
-from . import _triton_guard
-
-_triton_guard.apply()
+"""Qt widgets (the top layer): thin views over the engine and the fine-tune package; no maths here.
+May import everything below (engine, finetune, model, io); nothing below imports these."""

@@ -13,7 +13,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 
 from ..engine.history import paste_mask
-from ..engine.session import SegObject
+from ..engine.objects import SegObject
 from ..engine.viewport import clip_box, pixel_bbox, rectangle_to_box
 from .layers import LayerSession, image_hw, label_color, layer_alive, to_image_data
 

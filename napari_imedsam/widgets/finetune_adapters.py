@@ -8,8 +8,8 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QFileDialog
 
-from ..engine.finetune import FinetuneError
-from ..engine.project import ProjectError
+from ..finetune.project import ProjectError
+from ..finetune.run import FinetuneError
 
 
 class AdapterVersions:

@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..engine.finetune import default_parts
+from ..finetune.run import default_parts
 from ..model.device import available_devices
 from ..model.imedsam import PART_NAMES
 from .loss_plot import LossPlot

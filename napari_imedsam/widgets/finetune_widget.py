@@ -20,7 +20,8 @@ import numpy as np
 from qtpy.QtCore import QCoreApplication, QTimer
 from qtpy.QtWidgets import QFileDialog, QListWidgetItem, QWidget
 
-from ..engine.finetune import (
+from ..finetune.project import Project, ProjectError, default_project_dir, safe_name, user_projects_root
+from ..finetune.run import (
     SPLIT_RULES,
     FinetuneError,
     FinetuneRun,
@@ -28,9 +29,8 @@ from ..engine.finetune import (
     planned_steps,
     seconds_per_step_prior,
 )
-from ..engine.project import Project, ProjectError, default_project_dir, safe_name, user_projects_root
 from ..model.device import resolve_device
-from . import _triton_guard, finetune_panel
+from . import finetune_panel
 from .finetune_adapters import AdapterVersions
 from .layers import base_data, load_slice, unsupported_reason
 from .workers import Notifier
@@ -43,7 +43,6 @@ class FinetuneWidget(AdapterVersions, QWidget):
 
     def __init__(self, napari_viewer, projects_root: str | Path | None = None):
         super().__init__()
-        _triton_guard.apply()  # the viewer's OpenGL may have mapped LLVM since this module was imported
         self.viewer = napari_viewer
         self.projects_root = Path(projects_root) if projects_root else None
         self.notifier = Notifier("I-MedSAM fine-tune: ")
@@ -283,9 +282,8 @@ class FinetuneWidget(AdapterVersions, QWidget):
     def _load_own_model(self) -> None:
         from napari.qt.threading import create_worker
 
-        from .model_loading import load
+        from ..engine.model_loading import load
 
-        _triton_guard.apply()
         self.notifier.info("No Segment (I-MedSAM) widget with a model is open: loading LiteMedSAM to fine-tune "
                            "(open the Segment widget to use the result).")
         worker = create_worker(load, "litemedsam", _ignore_errors=True)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.history import History
-from ..engine.session import ObjectStore
+from ..engine.objects import ObjectStore
 
 BOX_COLOR = "#ffd400"
 #: Saturated colours that stand out on grey CT/MRI and on red fundus photographs (label 1 = cyan).

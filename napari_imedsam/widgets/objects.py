@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..engine.session import BCV_ORGANS, SegObject
+from ..engine.objects import SegObject
+from .label_book import BCV_ORGANS
 from .layers import LayerSession, label_color, layer_alive
 
 if TYPE_CHECKING:

@@ -15,13 +15,14 @@ from __future__ import annotations
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from ..engine import windows
+from ..engine import model_loading, windows
+from ..engine.objects import SegObject
 from ..engine.predictor import Predictor
 from ..engine.segmenter import Segmenter, SliceImage
-from ..engine.session import LabelBook, SegObject
-from . import _triton_guard, model_loading, panels, shortcuts  # noqa: F401 - guard: before torchvision
+from . import panels, shortcuts
 from .boxes import BoxController
 from .hires_view import HiResView
+from .label_book import LabelBook
 from .layers import (
     LayerSession,
     add_layer_keeping_active,

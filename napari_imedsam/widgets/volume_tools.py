@@ -12,7 +12,7 @@ from qtpy.QtCore import QTimer
 
 from ..engine.contours import object_polygons
 from ..engine.history import paste_mask
-from ..engine.propagate import PropagationSettings, propagate
+from ..engine.propagation import PropagationSettings, propagate
 from ..engine.refine import refine_slice
 from ..engine.viewport import region_transform
 from .layers import displayed_geometry, has_plain_transform, image_hw, label_color, layer_alive, n_slices

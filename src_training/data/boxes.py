@@ -11,15 +11,24 @@ from typing import Literal
 import numpy as np
 
 
-def mask_to_box(mask: np.ndarray) -> np.ndarray:
-    """The tight xyxy box (float32) of a 2-D mask's foreground; ValueError for an empty mask."""
+def mask_to_box(mask: np.ndarray, margin: float = 0.0, min_margin: float = 0.0) -> np.ndarray:
+    """The xyxy box (float32) of a 2-D mask's foreground: tight by default; with ``margin`` grown by that
+    fraction of its size per side (at least ``min_margin`` pixels) and clipped to the image, as 3-D
+    propagation prompts the next slice. ValueError for an empty mask."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (HxW), got shape {mask.shape}")
+    if margin < 0 or min_margin < 0:
+        raise ValueError(f"margin and min_margin must be >= 0, got {margin} and {min_margin}")
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         raise ValueError("cannot make a box from an empty mask")
-    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
+    x0, y0, x1, y1 = float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+    if margin or min_margin:
+        my, mx = max(min_margin, margin * (y1 - y0)), max(min_margin, margin * (x1 - x0))
+        h, w = mask.shape
+        x0, y0, x1, y1 = max(0.0, x0 - mx), max(0.0, y0 - my), min(float(w), x1 + mx), min(float(h), y1 + my)
+    return np.array([x0, y0, x1, y1], dtype=np.float32)
 
 
 def jitter_box(

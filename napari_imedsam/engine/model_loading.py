@@ -39,9 +39,6 @@ def load(backbone: str, checkpoint: str | Path | None = None, adapters: str | Pa
     """Build the model. ``adapters``: a file, ``None``/``True`` for the embedded default head (when the
     package ships one for this backbone), ``False`` for the plain backbone."""
     from ..model.build import default_adapters_path, load_model
-    from ._triton_guard import apply as guard_triton
-
-    guard_triton()  # before segment_anything/timm import torchvision (see _triton_guard)
     notes = []
     device, note = pick_device(device)
     if note:

@@ -1,11 +1,12 @@
-"""3-D propagation logic (``engine.propagate``) with a fake segmenter, and once with the tiny model."""
+"""3-D propagation logic (``engine.propagation``) with a fake segmenter, and once with the tiny model."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_imedsam.engine.propagate import PropagationSettings, mask_to_box, propagate, stability
+from napari_imedsam.engine.propagation import PropagationSettings, propagate, stability
+from src_training.data.boxes import mask_to_box
 
 
 def _blob_volume(nz=14, n=48, z_range=(3, 10)):
@@ -31,10 +32,11 @@ def _fake_segment(vol, calls):
 def test_mask_to_box():
     m = np.zeros((50, 50), bool)
     m[10:20, 5:45] = True
-    assert mask_to_box(m, margin=0.0, min_margin=0.0) == (5.0, 10.0, 45.0, 20.0)
-    assert mask_to_box(m, margin=0.1, min_margin=2.0) == (1.0, 8.0, 49.0, 22.0)
-    assert mask_to_box(m, margin=0.5, min_margin=2.0) == (0.0, 5.0, 50.0, 25.0)  # clipped
-    assert mask_to_box(np.zeros((5, 5), bool)) is None
+    assert tuple(mask_to_box(m, margin=0.0, min_margin=0.0)) == (5.0, 10.0, 45.0, 20.0)
+    assert tuple(mask_to_box(m, margin=0.1, min_margin=2.0)) == (1.0, 8.0, 49.0, 22.0)
+    assert tuple(mask_to_box(m, margin=0.5, min_margin=2.0)) == (0.0, 5.0, 50.0, 25.0)  # clipped
+    with pytest.raises(ValueError, match="empty"):
+        mask_to_box(np.zeros((5, 5), bool))
 
 
 def test_propagates_until_the_blob_ends_both_ways():
@@ -49,7 +51,7 @@ def test_propagates_until_the_blob_ends_both_ways():
     for s in up + down:
         np.testing.assert_array_equal(s.mask, vol[s.slice] > 0.5)
     # each prompt is the previous slice's mask box (with margin)
-    assert calls[0][1] == mask_to_box(seed, 0.1, 2.0)
+    assert calls[0][1] == tuple(mask_to_box(seed, 0.1, 2.0))
 
 
 def test_stop_reason_and_limit():

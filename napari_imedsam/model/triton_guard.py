@@ -5,6 +5,9 @@ its own LLVM, and importing it afterwards segfaults the whole viewer (seen with 
 ``import torchvision`` -> ``torch._dynamo`` -> ``import triton``). The plugin never uses triton (no
 ``torch.compile``), so when an LLVM is already mapped and triton is not yet imported, torch is told that
 triton is absent. Nothing changes anywhere else (other OSes, or triton already imported).
+
+Applied by the model package on import, by ``build_model`` and by the training loop: the points where the
+plugin first imports torch, torchvision and the optimizer's ``torch._dynamo``.
 """
 
 from __future__ import annotations
@@ -28,5 +31,3 @@ def apply() -> bool:
     sys.modules["triton"] = None  # importing it now raises ImportError, which torch treats as "no triton"
     return True
 
-
-apply()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from src_training.data.boxes import mask_to_box
+
 Box = tuple[float, float, float, float]
 
 
@@ -35,19 +37,6 @@ class Step:
     box: Box  # the prompt used on this slice
     area: int
     stability: float
-
-
-def mask_to_box(mask: np.ndarray, margin: float = 0.1, min_margin: float = 2.0) -> Box | None:
-    """Box (x0, y0, x1, y1, pixel edges at integers) around a mask, grown by ``margin`` of its size (at
-    least ``min_margin`` pixels) per side and clipped to the image; None for an empty mask."""
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if rows.size == 0:
-        return None
-    y0, y1, x0, x1 = float(rows[0]), float(rows[-1] + 1), float(cols[0]), float(cols[-1] + 1)
-    my = max(min_margin, margin * (y1 - y0))
-    mx = max(min_margin, margin * (x1 - x0))
-    h, w = mask.shape
-    return max(0.0, x0 - mx), max(0.0, y0 - my), min(float(w), x1 + mx), min(float(h), y1 + my)
 
 
 def stability(logits: np.ndarray, offset: float = 1.0) -> float:
@@ -89,7 +78,7 @@ def propagate(
     while 0 <= z < n_slices:
         if settings.limit is not None and done >= settings.limit:
             return f"reached the limit of {settings.limit} slices"
-        box = mask_to_box(prev, settings.margin, settings.min_margin)
+        box = tuple(float(v) for v in mask_to_box(prev, settings.margin, settings.min_margin))
         logits = np.asarray(segment(z, box))
         mask = logits > 0
         area = int(mask.sum())
