@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -170,3 +171,129 @@ def test_mc_dropout_passes_differ_in_eval_mode():
     assert (var > 0).all()
     # the inference default is a fixed draw: reproducible uncertainty
     assert torch.equal(model.mc_variance_of(x, base), var)
+
+
+def _perturb(model, parts, scale=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for part in parts:
+            for _, p in model.named_part_parameters()[part]:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def _lora_modules(model):
+    from napari_imedsam.model.lora import LoRAQKV
+
+    return [m for m in model.modules() if isinstance(m, LoRAQKV)]
+
+
+@pytest.mark.parametrize("name", ["tiny", pytest.param("litemedsam", marks=pytest.mark.slow)])
+def test_merged_lora_equals_the_low_rank_path(name):
+    """At inference LoRA runs as one merged weight; the embedding equals the unmerged computation."""
+    model = build_model(default_config(name))
+    _perturb(model, ["lora"], scale=0.2)
+    size = model.image_size
+    images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        merged = model.encode(images)
+    assert all(m._merged is not None for m in _lora_modules(model))  # the merged path ran
+    model.set_trainable(["lora"])
+    with torch.enable_grad():
+        unmerged = model.encode(images)  # gradients wanted: the low-rank path
+    assert all(m._merged is None for m in _lora_modules(model))
+    assert (merged - unmerged.detach()).abs().max().item() < 1e-5
+
+
+def test_training_after_inference_uses_fresh_lora_weights():
+    model = build_model(default_config("tiny"))
+    model.set_trainable(["lora"])
+    images = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        before = model.encode(images)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    model.encode(images).pow(2).mean().backward()
+    opt.step()
+    with torch.no_grad():
+        after = model.encode(images)  # merged again, from the stepped tensors
+    model.set_trainable(["lora"])
+    with torch.enable_grad():
+        reference = model.encode(images).detach()
+    assert not torch.allclose(before, after)
+    assert (after - reference).abs().max().item() < 1e-5
+
+
+def test_zero_frequency_adapters_are_skipped_exactly():
+    """Blocks whose FA up-projection is zero add nothing; skipping them changes no bit of the embedding."""
+    model = build_model(default_config("tiny"))
+    fa = model.encoder.fa
+    images = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert not any(fa.live())  # fresh: every up-projection is zero
+        fa.adapters[0].up.weight.add_(0.1)
+        assert fa.live()[0] and not any(fa.live()[1:])
+        skipped = model.encode(images)
+    assert all(fa.live())  # trainable and gradients wanted: every block runs
+    full = model.encode(images).detach()
+    assert torch.equal(skipped, full)
+
+
+def test_fingerprint_follows_every_change_and_only_changes(tmp_path):
+    from napari_imedsam.model import load_adapters, save_adapters
+
+    model = build_model(default_config("tiny"))
+    enc, dec, whole = model.fingerprint("encoder"), model.fingerprint("decoder"), model.fingerprint()
+    assert model.fingerprint("encoder") == enc and model.fingerprint() == whole  # stable when nothing changes
+    with torch.no_grad():
+        model.encode(torch.rand(1, 3, 128, 128))  # inference changes nothing
+    assert model.fingerprint() == whole
+    _perturb(model, ["inr"])
+    assert model.fingerprint("encoder") == enc and model.fingerprint("decoder") != dec  # in place, decoder only
+    path = tmp_path / "a.safetensors"
+    save_adapters(model, path)
+    saved = model.saved_parts()
+    trained = model.fingerprint(saved)
+    fresh = build_model(default_config("tiny"))
+    assert fresh.fingerprint(saved) != trained
+    load_adapters(fresh, path)
+    assert fresh.fingerprint(saved) == trained  # content, not identity
+    fresh.set_trainable(["lora"])
+    opt = torch.optim.SGD([p for p in fresh.parameters() if p.requires_grad], lr=1.0)
+    fresh.encode(torch.rand(1, 3, 128, 128)).pow(2).mean().backward()
+    decoder = fresh.fingerprint("decoder")
+    opt.step()
+    assert fresh.fingerprint("encoder") != enc and fresh.fingerprint("decoder") == decoder
+
+
+def test_bounded_correction_makes_skipping_settled_points_exact():
+    """Where the backbone's logit is beyond the bound the INR cannot flip the sign, so inference skips it
+    there: the mask equals the one from running the heads at every point."""
+    model = build_model(default_config("tiny", ugs=False))
+    _perturb(model, ["inr"], scale=3.0)  # a head with large corrections
+    images = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(7))
+    box = torch.tensor([[20.0, 30.0, 90.0, 100.0]])
+    valid = torch.tensor([[128.0, 128.0]])
+    pts = torch.rand(1, 4000, 2, generator=torch.Generator().manual_seed(8)) * 128
+    with torch.no_grad():
+        feats = model.decode_box(model.encode(images), box)
+        bound = float(model.base_logit(feats, pts).abs().median())  # half the points settled
+        model.config = model.config.with_(residual_bound=bound)
+        logits, _ = model.query(feats, pts, valid, None)
+        x, base = model.point_inputs(feats, pts, valid)
+        full = model._combine(base, model.coarse(x)[0])
+        settled = model.settled(base)
+    assert 0 < int(settled.sum()) < settled.numel()  # both kinds of points present
+    assert (full - base).abs().max().item() <= bound * (1 + 1e-5)  # the correction is bounded
+    assert (full - base).abs().max().item() > 0.5 * bound  # ... and large: the test can fail
+    assert torch.equal(logits > 0, full > 0)
+    assert torch.allclose(logits[~settled], full[~settled], atol=1e-6)
+
+
+def test_files_written_before_the_bound_stay_unbounded():
+    from napari_imedsam.model.config import IMedSAMConfig
+
+    cfg = default_config("tiny")
+    assert cfg.residual_bound is not None
+    data = json.loads(cfg.to_json())
+    del data["residual_bound"]
+    assert IMedSAMConfig.from_json(json.dumps(data)).residual_bound is None
+    assert not cfg.architecture_differences(cfg.with_(residual_bound=None))  # same weights fit both

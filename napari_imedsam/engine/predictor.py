@@ -10,6 +10,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from ..io.export import RequestTooLarge, check_request_size  # noqa: F401 - RequestTooLarge: callers catch it here
 from ..model.box_decoder import BoxFeatures
 from ..model.device import resolve_device
 from ..model.imedsam import IMedSAM
@@ -18,6 +19,25 @@ from .cache import EmbeddingCache
 from .render import OUTSIDE_LOGIT, RenderStats, pixel_centres, render_logits
 
 MAX_SIDE = 16384
+CHUNK_BYTES = 48 * 2**20  # activations of one model call over a chunk of query points
+#: Working memory of one render per output pixel (logits, estimates, masks, interpolation temporaries, result).
+RENDER_BYTES_PER_PIXEL = 40
+#: Default bound on one request's working memory (``Predictor.max_request_bytes``): 4 GiB, ~10k x 10k pixels.
+MAX_REQUEST_BYTES = 4 * 2**30
+
+
+class PredictorError(ValueError, RuntimeError):
+    """The predictor is not ready for the call (e.g. ``predict`` before ``set_image``). A ``ValueError`` like
+    every other bad-argument error of the API (and a ``RuntimeError`` for code written before it existed)."""
+
+
+def _whole(value, what: str) -> int:
+    """An integer given as an int or an integral float (not a bool, not inf/NaN)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{what} must be an integer, got {value!r}.")
+    if not np.isfinite(value) or float(value) != int(value):
+        raise ValueError(f"{what} must be a whole number, got {value!r}.")
+    return int(value)
 
 
 def _device_of(model: IMedSAM) -> torch.device:
@@ -40,12 +60,35 @@ class Predictor:
     ``nn.Module.to`` does, now and whenever ``model`` is swapped. The model is put in eval mode."""
 
     def __init__(self, model: IMedSAM, device: str | torch.device | None = None, cache_bytes: int = 512 * 2**20,
-                 chunk: int = 32768):
+                 chunk: int = 32768, max_request_bytes: float = MAX_REQUEST_BYTES):
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "encode"):
+            raise ValueError(f"Predictor needs an I-MedSAM model (from load_model), got {type(model).__name__}.")
+        if device is not None:
+            if not isinstance(device, (str, torch.device)):
+                raise ValueError(f"device must be None (use the model where it is), 'auto', 'cpu', 'cuda', 'cuda:N', "
+                                 f"'mps' or a torch.device; got {device!r}.")
+            try:
+                parsed = device if isinstance(device, torch.device) or device == "auto" else torch.device(device)
+            except RuntimeError as exc:
+                raise ValueError(f"Unknown device {device!r}; use 'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'.") from exc
+            if isinstance(parsed, torch.device) and parsed.type == "cuda" and parsed.index is not None \
+                    and torch.cuda.is_available() and parsed.index >= torch.cuda.device_count():
+                raise ValueError(f"Device {device!r} is not available: this machine has "
+                                 f"{torch.cuda.device_count()} CUDA device(s).")
+        self.chunk = _whole(chunk, "chunk (points per INR query)")
+        if self.chunk < 1:
+            raise ValueError(f"chunk (points per INR query) must be at least 1, got {chunk!r}.")
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, (int, float, np.integer, np.floating)) \
+                or not cache_bytes >= 0 or not np.isfinite(cache_bytes):
+            raise ValueError(f"cache_bytes must be a size in bytes >= 0, got {cache_bytes!r}.")
+        if isinstance(max_request_bytes, bool) or not isinstance(max_request_bytes, (int, float)) \
+                or not max_request_bytes > 0:
+            raise ValueError(f"max_request_bytes must be a positive size in bytes, got {max_request_bytes!r}.")
+        self.max_request_bytes = max_request_bytes
         self._moves_model = device is not None
         self.device = resolve_device(device) if device is not None else _device_of(model)
         self._model = self._placed(model)
-        self.cache = EmbeddingCache(cache_bytes)
-        self.chunk = int(chunk)
+        self.cache = EmbeddingCache(int(cache_bytes))
         self._lock = threading.RLock()
         self._prepared: Prepared | None = None
         self._embedding: torch.Tensor | None = None
@@ -82,14 +125,7 @@ class Predictor:
         return self._require_image().image_hw
 
     def _model_key(self) -> tuple[str, str]:
-        return self._model.backbone_hash, self._model.encoder_adapter_hash()
-
-    def _decoder_key(self) -> str:
-        digest = hashlib.sha256()
-        for name, tensor in self._model.adapter_state_dict().items():
-            if not name.startswith("encoder."):
-                digest.update(tensor.float().cpu().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return self._model.backbone_hash, self._model.fingerprint("encoder")
 
     def set_image(self, image: np.ndarray, window: tuple[float, float] | None = None) -> None:
         """2-D grey, HxWx3 RGB or HxWx4 RGBA, any numeric dtype; CT in HU with ``window=(lo, hi)``."""
@@ -140,7 +176,7 @@ class Predictor:
 
     def _require_image(self) -> Prepared:
         if self._prepared is None:
-            raise RuntimeError("No image set: call set_image(image) first.")
+            raise PredictorError("No image set: call set_image(image) first.")
         return self._prepared
 
     def invalidate(self) -> None:
@@ -155,7 +191,7 @@ class Predictor:
         prep = self._require_image()
         clipped = validate_box(box, prep.image_hw)
         emb_key = self._model_key()
-        key = (self._image_key, *emb_key, self._decoder_key(), tuple(round(v, 4) for v in clipped))
+        key = (self._image_key, *emb_key, self._model.fingerprint("decoder"), tuple(round(v, 4) for v in clipped))
         if key in self._boxes:
             self._boxes.move_to_end(key)
             return self._boxes[key]
@@ -173,34 +209,60 @@ class Predictor:
     def _points_to_input(self, xy: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.transform_coords(xy)).to(self.device)
 
-    def _query(self, feats: BoxFeatures, tau, xy: np.ndarray, what: str) -> np.ndarray:
+    def _points_per_chunk(self) -> int:
+        """Points per model call: ``chunk``, fewer when the heads are wide, so that one call's activations
+        (the MC-dropout passes hold ``mc_samples`` copies of the widest layer) stay near ``CHUNK_BYTES``."""
+        cfg = self._model.config
+        widest = max((*cfg.coarse_hidden, *cfg.fine_hidden, self._model.point_dim))
+        per_point = 4 * (self._model.point_dim + (cfg.mc_samples + 2) * widest)
+        return max(256, min(self.chunk, CHUNK_BYTES // per_point))
+
+    def _query(self, feats: BoxFeatures, tau, xy: np.ndarray, what: str, counts: dict | None = None
+               ) -> np.ndarray:
         valid = torch.tensor([self._prepared.valid_hw], device=self.device, dtype=torch.float32)
         out = np.empty(len(xy), dtype=np.float32)
-        for s in range(0, len(xy), self.chunk):
-            pts = self._points_to_input(xy[s : s + self.chunk]).unsqueeze(0)
+        step = self._points_per_chunk()
+        for s in range(0, len(xy), step):
+            pts = self._points_to_input(xy[s : s + step]).unsqueeze(0)
             with torch.no_grad():
                 if what == "backbone":
                     grid = (pts / self._model.image_size * 2 - 1).unsqueeze(2)
                     val = torch.nn.functional.grid_sample(feats.lowres_logit, grid, mode="bilinear",
                                                           padding_mode="border", align_corners=False)[0, 0, :, 0]
                 elif what == "uncertainty":
-                    x, base = self._model.point_inputs(feats, pts, valid)
-                    val = self._model.mc_variance_of(x, base)[0]
+                    val = self._model.variance(feats, pts, valid)[0]
                 else:
-                    val = self._model.query(feats, pts, valid, tau)[0][0]
+                    val = self._model.query(feats, pts, valid, tau, counts=counts)[0][0]
             out[s : s + len(val)] = val.float().cpu().numpy()
         return out
 
     def _grid(self, region, out_shape) -> tuple[tuple[float, float, float, float], tuple[int, int]]:
+        """Checked (region, out_shape); a request whose render would need more than ``max_request_bytes`` is
+        refused (``RequestTooLarge``, a ValueError) before anything is allocated."""
         h, w = self.image_hw
-        region = (0.0, 0.0, float(h), float(w)) if region is None else tuple(float(v) for v in region)
+        if region is None:
+            region = (0.0, 0.0, float(h), float(w))
+        else:
+            raw = np.asarray(region) if not isinstance(region, (str, bytes, dict)) else np.asarray(None)
+            if raw.dtype.kind not in "iuf":
+                raise ValueError(f"region must be 4 real numbers (y0, x0, y1, x1) in image pixels, got {region!r}.")
+            region = tuple(float(v) for v in raw.reshape(-1))
         if len(region) != 4 or not np.isfinite(region).all() or region[2] <= region[0] or region[3] <= region[1]:
             raise ValueError(f"region must be (y0, x0, y1, x1) with y1 > y0 and x1 > x0, got {region}.")
         if out_shape is None:
             out_shape = (max(1, int(round(region[2] - region[0]))), max(1, int(round(region[3] - region[1]))))
-        out_shape = tuple(int(v) for v in out_shape)
-        if len(out_shape) != 2 or min(out_shape) < 1 or max(out_shape) > MAX_SIDE:
+        try:
+            n = len(out_shape)
+        except TypeError:
+            n = None
+        if isinstance(out_shape, (str, bytes)) or n != 2:
+            raise ValueError(f"out_shape must be two sizes (height, width) in pixels, got {out_shape!r}.")
+        out_shape = tuple(_whole(v, "out_shape") for v in out_shape)
+        if min(out_shape) < 1 or max(out_shape) > MAX_SIDE:
             raise ValueError(f"out_shape must be two positive sizes up to {MAX_SIDE}, got {out_shape}.")
+        check_request_size(out_shape, RENDER_BYTES_PER_PIXEL, self.max_request_bytes, "A render (out_shape)",
+                           "render a smaller region or at a lower resolution (e.g. tile the output), or raise "
+                           "Predictor.max_request_bytes.")
         return region, out_shape
 
     # ---- public queries ----------------------------------------------------------------------------------
@@ -214,8 +276,10 @@ class Predictor:
         with self._lock:
             region, out_shape = self._grid(region, out_shape)
             feats, tau = self._box_state(box)
-            logits, stats = render_logits(lambda xy: self._query(feats, tau, xy, "inr"), region, out_shape,
+            counts: dict = {}
+            logits, stats = render_logits(lambda xy: self._query(feats, tau, xy, "inr", counts), region, out_shape,
                                           self.image_hw, dense=dense)
+            stats.inr_points, stats.fine_points = counts.get("inr", 0), counts.get("fine", 0)
             self.last_stats = stats
         return logits if return_logits else _sigmoid(logits)
 

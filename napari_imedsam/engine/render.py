@@ -14,9 +14,11 @@ OUTSIDE_LOGIT = -30.0  # value outside the image: probability ~0
 
 @dataclass
 class RenderStats:
-    evaluated: int
+    evaluated: int  # points rendered (each costs at least a sample of the backbone's logit)
     pixels: int
     levels: int
+    inr_points: int = 0  # of those, where the INR heads ran (the answer was not settled by the bound)
+    fine_points: int = 0  # ... and where the fine head replaced the coarse one
 
     @property
     def fraction(self) -> float:

@@ -1,42 +1,62 @@
 """A fine-tuning project folder: corrected training pairs, their manifest, and versioned adapters.
 
-Layout (everything written atomically: temp file in the same folder, then ``os.replace``)::
+Layout (every file written atomically: temp file in the same folder, fsync, then ``os.replace``)::
 
-    <project>/project.json              manifest (pairs, adapter versions, the active version)
+    <project>/project.json              manifest (pairs, adapter versions, the active version): the commit point
+    <project>/.lock                     advisory lock (``fcntl.flock``) held while one writer changes the folder
     <project>/images/<sha>.npz          one image slice (raw values + window), shared by its pairs
-    <project>/pairs/<id>.npz            one object: mask + its own metadata (enough to rebuild the manifest)
+    <project>/pairs/<id>.<txn>.npz      one object: mask + its own metadata (enough to rebuild the manifest)
     <project>/adapters/v003.safetensors one fine-tuning result (metadata: time, pairs, held-out Dice)
+    <project>/quarantine/               files that failed their check on opening (moved, never deleted)
 
-Opening a folder validates the manifest against the files: entries whose files are gone are dropped,
-files the manifest lacks are adopted, a corrupt manifest is rebuilt from the files. So a crash or a
-closed viewer loses nothing that was added. Pure Python + numpy: no Qt, no torch.
+Guarantees (tests/test_project_crash.py kills a change after every file operation):
+
+* Every change is atomic: ``add_slice``, ``remove_pairs``, ``record_version``, ``set_active`` first write new
+  files under new names, then replace the manifest in one ``os.replace`` (the commit), then delete the files
+  nothing references any more. A crash at any point reopens as the state before or after, never a mix:
+  pair files the manifest does not list are an unfinished change and are discarded on opening.
+* One writer at a time: each change holds the folder lock and first adopts what other writers committed, so
+  two ``Project`` objects on one folder (two viewers, a viewer and a script) see each other's pairs and never
+  delete each other's files; a writer that cannot get the lock within ``lock_timeout`` gets a ProjectError
+  naming the process that holds it.
+* Opening validates: a manifest that is unreadable or has the wrong shape is kept as
+  ``project.json.broken-<time>`` and rebuilt from the pair files (which carry their own metadata); entries
+  whose files are gone are dropped; each pair file is checked cheaply (size, zip CRCs, metadata against its
+  mask and image) and a bad one is moved to ``quarantine/``. Everything repaired is listed in ``problems``.
+
+Pure Python + numpy: no Qt, no torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from .project_check import clean_strays, keep_broken_manifest, manifest_problem, validate_pairs, validate_versions
 from .project_files import (  # noqa: F401 - re-exported: the project API in one place
     AddReport,
+    FolderLock,
     PairInfo,
     VersionInfo,
     atomic_write_bytes,
     default_project_dir,
+    new_txn,
     now,
     npz_bytes,
+    process_tag,
     ranges_text,
+    remove_file,
     safe_name,
     safetensors_metadata,
     user_projects_root,
@@ -44,7 +64,8 @@ from .project_files import (  # noqa: F401 - re-exported: the project API in one
 
 MANIFEST = "project.json"
 FORMAT = "napari-imedsam-project"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pair files carry the id of the change that wrote them; unlisted ones are uncommitted
+LOCK_TIMEOUT = 10.0  # seconds a writer waits for another one to finish its change
 
 
 class ProjectError(Exception):
@@ -52,11 +73,16 @@ class ProjectError(Exception):
 
 
 class Project:
-    """A project folder; thread-safe (the training worker records versions while the GUI adds pairs)."""
+    """A project folder. Thread-safe (the training worker records versions while the GUI adds pairs) and
+    safe against other writers on the same folder (see the module docstring)."""
 
-    def __init__(self, root: str | os.PathLike, name: str | None = None, create: bool = True):
+    def __init__(self, root: str | os.PathLike, name: str | None = None, create: bool = True,
+                 lock_timeout: float = LOCK_TIMEOUT):
         self.root = Path(root).expanduser().absolute()
+        self.lock_timeout = float(lock_timeout)
         self._lock = threading.RLock()
+        self._depth = 0  # nesting of _writing() in this object
+        self._sig: tuple | None = None  # identity of the manifest file we last read or wrote
         self.problems: list[str] = []  # what validation found and repaired when the folder was opened
         if not self.root.exists():
             if not create:
@@ -69,9 +95,101 @@ class Project:
         if not self.root.is_dir():
             raise ProjectError(f"{self.root} is a file, not a folder; choose a folder for the project.")
         self._check_writable()
+        self._folder_lock = FolderLock(self.root)
         self._data: dict = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": name or self.root.name,
                             "created": now(), "pairs": [], "versions": [], "active": None, "timing": {}}
-        self._load_and_validate()
+        with self._writing(refresh=False):
+            self._load_and_validate()
+
+    # ---- locking and the manifest ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self, refresh: bool = True) -> Iterator[None]:
+        """Hold the folder lock (other writers wait) and work on what is committed on disk now."""
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                try:
+                    self._folder_lock.acquire(self.lock_timeout)
+                except TimeoutError as exc:
+                    raise ProjectError(
+                        f"The project folder {self.root} is being changed by {exc}; waited {self.lock_timeout:g} s. "
+                        "Wait for it to finish (or close the other viewer or script using this folder) and try "
+                        "again.") from None
+                except OSError as exc:
+                    raise ProjectError(f"Cannot lock the project folder {self.root}: {exc.strerror or exc}.") from exc
+            self._depth += 1
+            try:
+                if outer and refresh:
+                    self._refresh()
+                yield
+            finally:
+                self._depth -= 1
+                if outer:
+                    self._folder_lock.release()
+
+    def _manifest_sig(self) -> tuple | None:
+        try:
+            st = os.stat(self.root / MANIFEST)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _read_manifest(self) -> tuple[dict | None, str | None]:
+        """(manifest, None), (None, None) when there is none, or (None, why it cannot be used)."""
+        path = self.root / MANIFEST
+        if not path.exists():
+            return None, None
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        problem = manifest_problem(stored, FORMAT)
+        return (None, problem) if problem else (stored, None)
+
+    def _adopt(self, stored: dict) -> None:
+        """Take over a manifest another writer committed (it validated the files)."""
+        pairs = [PairInfo.from_json(p).to_json() for p in stored.get("pairs", [])]
+        versions = [asdict(VersionInfo.from_json(v)) for v in stored.get("versions", [])]
+        self._data = {**self._data, **{k: stored[k] for k in ("name", "created", "timing") if k in stored},
+                      "pairs": pairs, "versions": versions, "active": stored.get("active")}
+
+    def _refresh(self) -> None:
+        """Under the lock: adopt what other writers committed since we last read or wrote the manifest."""
+        sig = self._manifest_sig()
+        if sig == self._sig:
+            return
+        stored, _problem = self._read_manifest()
+        try:
+            if stored is None:
+                raise ValueError("no usable manifest")
+            self._adopt(stored)
+            self._sig = sig
+        except (KeyError, TypeError, ValueError):
+            self._load_and_validate()
+
+    def _peek(self) -> None:
+        """For readers: adopt a newer manifest of another writer if it is usable (no repairs without the lock)."""
+        if self._depth:
+            return
+        sig = self._manifest_sig()
+        if sig is None or sig == self._sig:
+            return
+        stored, _problem = self._read_manifest()
+        if stored is not None:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                self._adopt(stored)
+                self._sig = sig
+
+    def _commit(self, **changes) -> None:
+        """Write the manifest with ``changes`` in one atomic replace; memory follows only once it is on disk."""
+        data = {**self._data, **changes, "format": FORMAT, "format_version": FORMAT_VERSION}
+        text = json.dumps(data, indent=1, sort_keys=True).encode()
+        try:
+            atomic_write_bytes(self.root / MANIFEST, text)
+        except OSError as exc:
+            raise ProjectError(f"Cannot write the project manifest in {self.root}: {exc.strerror or exc}.") from exc
+        self._data = json.loads(text)
+        self._sig = self._manifest_sig()
 
     # ---- opening -----------------------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -84,97 +202,27 @@ class Project:
                                "Choose another folder.") from exc
 
     def _load_and_validate(self) -> None:
-        path = self.root / MANIFEST
-        stored: dict | None = None
-        if path.exists():
-            try:
-                stored = json.loads(path.read_text())
-                if stored.get("format") != FORMAT:
-                    raise ValueError(f"format {stored.get('format')!r}")
-            except (OSError, ValueError) as exc:
-                backup = path.with_name(f"{MANIFEST}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-                shutil.copy2(path, backup)
-                self.problems.append(f"The manifest could not be read ({exc}); rebuilt it from the files "
-                                     f"(old one kept as {backup.name}).")
-                stored = None
+        stored, problem = self._read_manifest()
+        if problem:
+            self.problems.append(f"The manifest {MANIFEST} is unusable ({problem}); rebuilt it from the pair and "
+                                 f"adapter files (the old one {keep_broken_manifest(self.root, MANIFEST)}).")
         if stored:
             for k in ("name", "created", "active", "timing"):
                 if k in stored:
                     self._data[k] = stored[k]
-        for stray in self.root.glob("**/.*.tmp"):  # a write interrupted by a crash
-            stray.unlink(missing_ok=True)
-        self._data["pairs"] = [p.to_json() for p in self._validate_pairs(stored)]
-        self._data["versions"] = [asdict(v) for v in self._validate_versions(stored)]
-        if self._data["active"] is not None and self._data["active"] not in {v["version"] for v in
-                                                                              self._data["versions"]}:
-            self.problems.append(f"Active adapters v{self._data['active']} are missing; none is active now.")
-            self._data["active"] = None
+        clean_strays(self.root)
+        pairs = [p.to_json() for p in validate_pairs(self.root, stored, self.problems)]
+        versions = [asdict(v) for v in validate_versions(self.root, stored, self.problems)]
+        active = self._data["active"]
+        if active is not None and active not in {v["version"] for v in versions}:
+            self.problems.append(f"Active adapters v{active} are missing; none is active now.")
+            active = None
+        self._data.update(pairs=pairs, versions=versions, active=active, format_version=FORMAT_VERSION)
         if stored != json.loads(json.dumps(self._data)):
-            self._save_manifest()
+            self._commit()
+        else:
+            self._sig = self._manifest_sig()
         self._remove_unused_images()
-
-    def _validate_pairs(self, stored: dict | None) -> list[PairInfo]:
-        """Pair files are the truth (each carries its own metadata); the manifest is their index."""
-        listed: dict[str, dict] = {}
-        for entry in (stored or {}).get("pairs", []):
-            if isinstance(entry, dict) and "file" in entry:
-                listed[str(entry["file"])] = entry
-        found: dict[str, PairInfo] = {}
-        for f in sorted((self.root / "pairs").glob("*.npz")):
-            rel = f"pairs/{f.name}"
-            try:
-                with np.load(f, allow_pickle=False) as z:
-                    info = PairInfo.from_json(json.loads(str(z["meta"])))
-                if not (self.root / info.image_file).is_file():
-                    raise ValueError(f"its image {info.image_file} is missing")
-            except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, never fatal
-                self.problems.append(f"Skipped unreadable pair file {rel}: {exc}")
-                continue
-            found[rel] = info
-            if rel not in listed:
-                self.problems.append(f"Recovered pair {info.describe()} missing from the manifest.")
-        for rel, entry in listed.items():
-            if rel not in found:
-                self.problems.append(f"Pair {entry.get('image_layer', '?')} {entry.get('slice', '')} label "
-                                     f"{entry.get('label_id', '?')} lost its file; dropped it.")
-        order = {rel: i for i, rel in enumerate(listed)}  # manifest order, then recovered files by time
-        pairs = sorted(found.values(), key=lambda p: (order.get(p.file, len(order)), p.added, p.id))
-        newest: dict[tuple, PairInfo] = {}
-        for p in pairs:  # one pair per (layers, slice, label): the newest wins
-            if p.key not in newest or p.added >= newest[p.key].added:
-                newest[p.key] = p
-        return [p for p in pairs if newest[p.key] is p]
-
-    def _validate_versions(self, stored: dict | None) -> list[VersionInfo]:
-        found: dict[str, VersionInfo] = {}
-        for entry in (stored or {}).get("versions", []):
-            try:
-                v = VersionInfo.from_json(entry)
-            except (KeyError, TypeError, ValueError):
-                continue
-            if (self.root / v.file).is_file():
-                found[v.file] = v
-            else:
-                self.problems.append(f"Adapters v{v.version} ({v.file}) are missing; dropped them.")
-        for f in sorted((self.root / "adapters").glob("v*.safetensors")):
-            rel = f"adapters/{f.name}"
-            if rel in found:
-                continue
-            try:
-                meta = safetensors_metadata(f)
-                number = int(re.match(r"v(\d+)", f.name).group(1))
-                found[rel] = VersionInfo.from_json({**meta, "version": number, "file": rel})
-                self.problems.append(f"Recovered adapters {rel} missing from the manifest.")
-            except Exception as exc:  # noqa: BLE001
-                self.problems.append(f"Skipped unreadable adapters file {rel}: {exc}")
-        return sorted(found.values(), key=lambda v: v.version)
-
-    def _save_manifest(self) -> None:
-        data = json.dumps(self._data, indent=1, sort_keys=True).encode()
-        try:
-            atomic_write_bytes(self.root / MANIFEST, data)
-        except OSError as exc:
-            raise ProjectError(f"Cannot write the project manifest in {self.root}: {exc.strerror or exc}.") from exc
 
     # ---- pairs -------------------------------------------------------------------------------------------
     @property
@@ -184,16 +232,19 @@ class Project:
     @property
     def pairs(self) -> list[PairInfo]:
         with self._lock:
+            self._peek()
             return [PairInfo.from_json(p) for p in self._data["pairs"]]
 
     def __len__(self) -> int:
-        return len(self._data["pairs"])
+        return len(self.pairs)
 
     def add_slice(self, image: np.ndarray, labels: np.ndarray, image_layer: str, labels_layer: str,
                   slice_index: Sequence[int] = (), window: tuple[float, float] | None = None) -> AddReport:
         """Every object id on one annotated slice becomes one pair (replacing that slice's earlier pairs).
 
-        image: HxW or HxWxC slice (raw values); labels: HxW integer ids (0 = background)."""
+        image: HxW or HxWxC slice (raw values); labels: HxW integer ids (0 = background). Atomic as a whole:
+        the new pair files (new names, one change id) are written first, the manifest is swapped in one
+        step, and only then are the replaced files removed."""
         image, labels = np.asarray(image), np.asarray(labels)
         if labels.ndim != 2:
             raise ProjectError(f"A labels slice must be 2-D, got shape {labels.shape}.")
@@ -209,23 +260,26 @@ class Project:
                                "mask there first (label 0 is background).")
         slice_index = tuple(int(v) for v in slice_index)
         report = AddReport()
-        with self._lock:
+        with self._writing():
+            txn = new_txn()
             image_file = self._write_image(image, window)
-            old = {p.label_id: p for p in self.pairs
-                   if p.key[:3] == (image_layer, labels_layer, slice_index)}
+            old = {p.label_id: p for p in self.pairs if p.key[:3] == (image_layer, labels_layer, slice_index)}
+            replaced: list[str] = []
             for label_id in ids:
                 prev = old.pop(label_id, None)
                 info = self._write_pair(labels == label_id, image_layer, labels_layer, slice_index, label_id,
-                                        window, image_file, prev.id if prev else None)
+                                        window, image_file, prev.id if prev else None, txn=txn)
                 (report.updated if prev else report.added).append(info)
+                if prev:
+                    replaced.append(prev.file)
             report.removed = list(old.values())
-            for p in report.removed:  # files first: a crash in between can only drop them, never revive
-                (self.root / p.file).unlink(missing_ok=True)
+            replaced += [p.file for p in report.removed]
             gone = {p.id for p in report.removed}
             new = {p.key: p for p in report.added + report.updated}
             pairs = [new.pop(p.key, p) for p in self.pairs if p.id not in gone] + list(new.values())
-            self._data["pairs"] = [p.to_json() for p in pairs]
-            self._save_manifest()
+            self._commit(pairs=[p.to_json() for p in pairs])
+            for rel in replaced:  # after the commit: nothing references them any more
+                remove_file(self.root / rel)
             self._remove_unused_images()
         return report
 
@@ -241,17 +295,19 @@ class Project:
         return rel
 
     def _write_pair(self, mask: np.ndarray, image_layer: str, labels_layer: str, slice_index: tuple[int, ...],
-                    label_id: int, window, image_file: str, pair_id: str | None) -> PairInfo:
+                    label_id: int, window, image_file: str, pair_id: str | None, txn: str = "") -> PairInfo:
+        """Write one pair file under a new name (``<id>.<txn>.npz``): an older version of it stays intact."""
         if not mask.any():
             raise ProjectError(f"The mask of label {label_id} is empty; nothing to learn from.")
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         pair_id = pair_id or f"{time.strftime('%Y%m%d%H%M%S')}-{os.urandom(4).hex()}"
+        txn = txn or new_txn()
         info = PairInfo(
             id=pair_id, image_layer=image_layer, labels_layer=labels_layer, slice=slice_index,
             label_id=label_id, shape=tuple(mask.shape), area=int(mask.sum()),
             box=(float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)),
             window=None if window is None else (float(window[0]), float(window[1])),
-            image_file=image_file, file=f"pairs/{pair_id}.npz", added=now(),
+            image_file=image_file, file=f"pairs/{pair_id}.{txn}.npz", added=now(), txn=txn,
         )
         self._write(info.file, npz_bytes(mask=np.packbits(mask), meta=np.array(json.dumps(info.to_json()))))
         return info
@@ -264,33 +320,44 @@ class Project:
                                "Choose a writable folder.") from exc
 
     def _remove_unused_images(self) -> None:
-        used = {p.image_file for p in self.pairs}
+        """Under the lock, after the manifest was refreshed: images no committed pair uses."""
+        used = {p["image_file"] for p in self._data["pairs"]}
         for f in (self.root / "images").glob("*.npz"):
             if f"images/{f.name}" not in used:
-                f.unlink(missing_ok=True)
+                remove_file(f)
 
     def remove_pairs(self, ids: Sequence[str]) -> int:
         """Forget pairs (manifest first, then their files); returns how many were removed."""
         ids = set(ids)
-        with self._lock:
+        with self._writing():
             gone = [p for p in self.pairs if p.id in ids]
+            self._commit(pairs=[p.to_json() for p in self.pairs if p.id not in ids])
             for p in gone:
-                (self.root / p.file).unlink(missing_ok=True)
-            self._data["pairs"] = [p.to_json() for p in self.pairs if p.id not in ids]
-            self._save_manifest()
+                remove_file(self.root / p.file)
             self._remove_unused_images()
         return len(gone)
 
     def load_pair(self, pair: PairInfo) -> tuple[np.ndarray, np.ndarray]:
-        """(raw image slice, bool mask) of a pair."""
+        """(raw image slice, bool mask) of a pair; a file that is unreadable or disagrees with the pair's
+        metadata is a ProjectError naming the pair."""
+        import zipfile
+        import zlib
+
         try:
             with np.load(self.root / pair.image_file, allow_pickle=False) as z:
                 image = z["image"]
             with np.load(self.root / pair.file, allow_pickle=False) as z:
-                mask = np.unpackbits(z["mask"], count=pair.shape[0] * pair.shape[1]).reshape(pair.shape)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ProjectError(f"Pair {pair.describe()} cannot be read ({exc}); remove it and add the slice "
-                               "again.") from exc
+                packed = z["mask"]
+            h, w = pair.shape
+            if packed.dtype != np.uint8 or packed.size * 8 < h * w:
+                raise ValueError(f"the mask holds {packed.size} bytes, too few for {h}x{w}")
+            mask = np.unpackbits(packed, count=h * w).reshape(pair.shape)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise ProjectError(f"Pair {pair.describe()} cannot be read ({type(exc).__name__}: {exc}); remove it "
+                               "and add the slice again.") from exc
+        if image.shape[:2] != tuple(pair.shape):
+            raise ProjectError(f"Pair {pair.describe()}: its image {pair.image_file} is {image.shape[:2]} but its "
+                               f"mask is {tuple(pair.shape)}; remove it and add the slice again.")
         return image, mask.astype(bool)
 
     def summary(self) -> str:
@@ -311,6 +378,7 @@ class Project:
     @property
     def versions(self) -> list[VersionInfo]:
         with self._lock:
+            self._peek()
             return [VersionInfo.from_json(v) for v in self._data["versions"]]
 
     @property
@@ -328,27 +396,33 @@ class Project:
         return self.root / version.file
 
     def new_version_path(self) -> Path:
-        """Where the next adapters file goes (``adapters/vNNN.safetensors``); record it once written."""
-        with self._lock:
+        """Where the next adapters file goes (``adapters/vNNN.safetensors``); record it once written. The
+        number is reserved (``adapters/.vNNN.reserved``) so that another writer picks the next one."""
+        with self._writing():
+            folder = self.root / "adapters"
+            folder.mkdir(exist_ok=True)
             numbers = [v.version for v in self.versions]
-            numbers += [int(m.group(1)) for f in (self.root / "adapters").glob("v*.safetensors")
-                        if (m := re.match(r"v(\d+)", f.name))]
-            (self.root / "adapters").mkdir(exist_ok=True)
-            return self.root / "adapters" / f"v{max(numbers, default=0) + 1:03d}.safetensors"
+            numbers += [int(m.group(1)) for f in folder.glob("v*.safetensors") if (m := re.match(r"v(\d+)", f.name))]
+            numbers += [int(m.group(1)) for f in folder.glob(".v*.reserved") if (m := re.match(r"\.v(\d+)", f.name))]
+            number = max(numbers, default=0) + 1
+            (folder / f".v{number:03d}.reserved").write_text(process_tag())
+            return folder / f"v{number:03d}.safetensors"
 
     def record_version(self, path: str | os.PathLike, activate: bool = False, **info) -> VersionInfo:
         """Add an adapters file already written into ``adapters/`` to the manifest."""
         path = Path(path)
-        number = int(re.match(r"v(\d+)", path.name).group(1))
+        match = re.match(r"v(\d+)", path.name)
+        if match is None:
+            raise ProjectError(f"{path.name} is not an adapters file name of the project (vNNN.safetensors); "
+                               "use new_version_path() or import_adapters().")
+        number = int(match.group(1))
         entry = VersionInfo.from_json({"created": now(), **info, "version": number,
                                        "file": f"adapters/{path.name}"})
-        with self._lock:
-            self._data["versions"] = [v for v in self._data["versions"] if v["version"] != number]
-            self._data["versions"].append(asdict(entry))
-            self._data["versions"].sort(key=lambda v: v["version"])
-            if activate:
-                self._data["active"] = number
-            self._save_manifest()
+        with self._writing():
+            versions = [v for v in self._data["versions"] if v["version"] != number] + [asdict(entry)]
+            versions.sort(key=lambda v: v["version"])
+            self._commit(versions=versions, **({"active": number} if activate else {}))
+            remove_file(path.with_name(f".v{number:03d}.reserved"))
         return entry
 
     def import_adapters(self, source: str | os.PathLike, **info) -> VersionInfo:
@@ -359,7 +433,7 @@ class Project:
             data = source.read_bytes()
         except (OSError, ValueError) as exc:
             raise ProjectError(f"Cannot read adapters {source}: {exc}") from exc
-        with self._lock:
+        with self._writing():
             dest = self.new_version_path()
             self._write(f"adapters/{dest.name}", data)
             fields = {k: meta[k] for k in ("backbone", "pairs", "dice_before", "dice_after", "steps", "parts",
@@ -367,18 +441,18 @@ class Project:
             return self.record_version(dest, **{**fields, "kind": "imported", "note": f"from {source}", **info})
 
     def set_active(self, number: int | None) -> None:
-        with self._lock:
+        with self._writing():
             if number is not None:
                 self.version(number)
-            self._data["active"] = number
-            self._save_manifest()
+            self._commit(active=number)
 
     # ---- timing (for the CPU estimate before a run) ------------------------------------------------------
     def seconds_per_step(self, key: str) -> float | None:
-        value = self._data.get("timing", {}).get(key)
+        with self._lock:
+            self._peek()
+            value = self._data.get("timing", {}).get(key)
         return float(value) if value else None
 
     def set_seconds_per_step(self, key: str, seconds: float) -> None:
-        with self._lock:
-            self._data.setdefault("timing", {})[key] = round(float(seconds), 4)
-            self._save_manifest()
+        with self._writing():
+            self._commit(timing={**self._data.get("timing", {}), key: round(float(seconds), 4)})

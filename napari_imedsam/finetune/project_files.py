@@ -1,5 +1,6 @@
-"""Records and file helpers of a fine-tuning project folder (see ``engine.project``): pair and version
-records, atomic writes, the safetensors header reader, default folder names. Pure Python + numpy."""
+"""Records and file helpers of a fine-tuning project folder (see ``finetune.project``): pair and version
+records, atomic writes, the folder lock, the safetensors header reader, default folder names.
+Pure Python + numpy."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 import json
 import os
 import re
+import socket
 import struct
 import tempfile
 import time
@@ -14,6 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks there; a second writer is not detected
+    fcntl = None
+
+LOCK_NAME = ".lock"
 
 
 def user_projects_root() -> Path:
@@ -52,6 +61,84 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
+def remove_file(path: Path) -> None:
+    """Delete ``path`` if it is there (every deletion of the project goes through here)."""
+    path.unlink(missing_ok=True)
+
+
+def new_txn() -> str:
+    """A transaction id that sorts by time: every pair file written by one change of a slice carries it."""
+    return f"{time.time_ns():016x}{os.urandom(2).hex()}"
+
+
+def process_tag() -> str:
+    return f"{os.getpid()} {socket.gethostname()} {now()}"
+
+
+def tag_is_live(text: str, max_age_s: float = 7 * 86400.0, mtime: float | None = None) -> bool:
+    """Whether the process named by a ``process_tag`` may still be running (other hosts: until it is old)."""
+    try:
+        pid, host = text.split()[:2]
+        pid_num = int(pid)
+    except ValueError:
+        return False
+    if mtime is not None and time.time() - mtime > max_age_s:
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid_num, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class FolderLock:
+    """An advisory lock (``fcntl.flock``) on ``<folder>/.lock``: one writer at a time, whether the others are
+    threads with their own ``Project``, other viewers or scripts. The OS drops it when the holder dies."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds; ``TimeoutError(holder)`` when another writer keeps it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        if fcntl is not None:
+            deadline = time.monotonic() + max(0.0, float(timeout))
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        try:
+                            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+                        except OSError:
+                            holder = []
+                        os.close(fd)
+                        who = (f"process {holder[0]} on {holder[1]} (since {holder[2]})" if len(holder) >= 3
+                               else "another process")
+                        raise TimeoutError(who) from None
+                    time.sleep(0.02)
+                except OSError:  # a file system without locks (some network shares): go on unlocked
+                    break
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, process_tag().encode())
+        except OSError:
+            pass
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
 def npz_bytes(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -87,6 +174,7 @@ class PairInfo:
     image_file: str  # relative to the project folder
     file: str
     added: str = ""
+    txn: str = ""  # the change that wrote it: all pairs of one slice are written (and committed) together
 
     @property
     def key(self) -> tuple:
@@ -112,6 +200,7 @@ class PairInfo:
             shape=tuple(int(v) for v in d["shape"]), box=tuple(float(v) for v in d["box"]),
             area=int(d["area"]), window=None if d.get("window") is None else tuple(float(v) for v in d["window"]),
             image_file=str(d["image_file"]), file=str(d["file"]), added=str(d.get("added", "")),
+            txn=str(d.get("txn", "")),
         )
 
 

@@ -218,15 +218,6 @@ def pairs_to_samples(project: Project, pairs: Sequence[PairInfo]) -> list:
     return out
 
 
-def adapters_sha(model: IMedSAM) -> str:
-    """Identity of a model's adapters (to avoid saving the same starting point twice)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.adapter_state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 class FinetuneRun:
     """One fine-tuning run; ``run()`` is blocking (call it in a worker thread), ``stop()`` from anywhere."""
 
@@ -347,7 +338,7 @@ class FinetuneRun:
 
     def _record_start(self) -> VersionInfo | None:
         """Save the starting adapters once, so that 'revert' can always return to them."""
-        sha = adapters_sha(self.model)
+        sha = self.model.fingerprint()
         for v in self.project.versions:
             if v.sha == sha:
                 return v
@@ -362,7 +353,7 @@ class FinetuneRun:
         info = dict(kind="trained", backbone=self.model.backbone_name, pairs=pairs, steps=steps,
                     dice_before="" if before is None else round(before, 5),
                     dice_after="" if after is None else round(after, 5),
-                    parts=list(self.settings.parts), sha=adapters_sha(self.model),
+                    parts=list(self.settings.parts), sha=self.model.fingerprint(),
                     created=time.strftime("%Y-%m-%dT%H:%M:%S"), lr=self.settings.lr)
         save_adapters(self.model, path, extra=info)
         return self.project.record_version(path, activate=status in ("improved", "unchecked"),

@@ -21,8 +21,28 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation
 
+from napari_imedsam.io.volumes import size_text
+
 PathLike = str | os.PathLike
 _REQUIRED_KEYS = ("affine", "ornt", "source_shape", "zyx_shape", "display_axes")
+#: The most memory one export may allocate (the upsampled labels and their copies); ``max_bytes`` overrides it.
+MAX_EXPORT_BYTES = 4 * 2**30
+
+
+class RequestTooLarge(ValueError):
+    """A render or export would need more memory than its limit; the message gives both numbers."""
+
+
+def check_request_size(shape, bytes_per_element: float, limit: float, what: str, advice: str) -> None:
+    """Refuse (RequestTooLarge) a request for an array of ``shape`` whose working memory, estimated as
+    ``bytes_per_element`` per element, exceeds ``limit`` bytes. Estimated before anything is allocated."""
+    elements = 1
+    for n in shape:
+        elements *= int(n)
+    need = elements * bytes_per_element
+    if need > limit:
+        raise RequestTooLarge(f"{what} of shape {tuple(int(n) for n in shape)} ({elements:,} values) would need "
+                              f"about {size_text(need)}, over the limit of {size_text(limit)}; {advice}")
 
 
 def check_factor(factor: int) -> int:
@@ -30,6 +50,31 @@ def check_factor(factor: int) -> int:
     if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
         raise ValueError(f"factor must be a positive integer (1, 2 or 4 in the viewer), got {factor!r}")
     return int(factor)
+
+
+def check_spacing(spacing: Sequence[float] | None, ndim: int) -> list[float] | None:
+    """Voxel sizes (mm), one positive finite number per axis, or None."""
+    if spacing is None:
+        return None
+    if isinstance(spacing, (str, bytes)) or not isinstance(spacing, (Sequence, np.ndarray)):
+        raise ValueError(f"spacing must be one voxel size (mm) per axis of the labels, got {spacing!r}")
+    try:
+        values = [float(v) for v in spacing]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"spacing must hold numbers (mm per axis), got {spacing!r}") from exc
+    if len(values) != ndim:
+        raise ValueError(f"spacing {tuple(spacing)} needs one value per axis of the {ndim}-D labels")
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing must be positive finite voxel sizes (mm), got {tuple(spacing)}")
+    return values
+
+
+def _check_upsampled_size(arr: np.ndarray, factor: int, max_bytes: float | None) -> None:
+    shape = (*arr.shape[:-2], arr.shape[-2] * factor, arr.shape[-1] * factor)
+    # np.repeat along y, then along x, then the cast to the label dtype: about three copies at most
+    check_request_size(shape, 3 * max(arr.dtype.itemsize, 1), MAX_EXPORT_BYTES if max_bytes is None else max_bytes,
+                       f"Labels upsampled by factor {factor}",
+                       "use a smaller factor, export fewer slices, or pass max_bytes to allow more.")
 
 
 def _as_labels(labels: Any) -> np.ndarray:
@@ -56,10 +101,12 @@ def label_dtype(labels: np.ndarray) -> np.dtype:
     raise ValueError(f"label values {lo}..{hi} do not fit in int32")
 
 
-def upsample_labels(labels: Any, factor: int) -> np.ndarray:
-    """Nearest-neighbour upsampling of the last two axes by an integer ``factor``."""
+def upsample_labels(labels: Any, factor: int, max_bytes: float | None = None) -> np.ndarray:
+    """Nearest-neighbour upsampling of the last two axes by an integer ``factor``. Refused
+    (:class:`RequestTooLarge`) when the result would need more than ``max_bytes`` (default MAX_EXPORT_BYTES)."""
     factor = check_factor(factor)
     arr = _as_labels(labels)
+    _check_upsampled_size(arr, factor, max_bytes)
     if factor == 1:
         return arr
     return np.repeat(np.repeat(arr, factor, axis=-2), factor, axis=-1)
@@ -71,12 +118,11 @@ def write_labels_tiff(path: PathLike, labels: Any, spacing: Sequence[float] | No
     With ``spacing`` (mm per axis) and values that fit uint16, ImageJ-style calibration is stored.
     """
     arr = _as_labels(labels)
+    spacing = check_spacing(spacing, arr.ndim)
     arr = arr.astype(label_dtype(arr), copy=False)
     path = Path(path)
     kwargs: dict[str, Any] = {"photometric": "minisblack", "compression": "zlib"}
     if spacing is not None and arr.dtype in (np.uint8, np.uint16):
-        if len(spacing) != arr.ndim:
-            raise ValueError(f"spacing {tuple(spacing)} needs one value per axis of labels {arr.shape}")
         kwargs.update(imagej=True, resolution=(1.0 / spacing[-1], 1.0 / spacing[-2]),
                       metadata={"unit": "mm", "axes": "ZYX" if arr.ndim == 3 else "YX",
                                 **({"spacing": float(spacing[0])} if arr.ndim == 3 else {})})
@@ -87,13 +133,16 @@ def write_labels_tiff(path: PathLike, labels: Any, spacing: Sequence[float] | No
     return path
 
 
-def export_tiff(path: PathLike, labels: Any, factor: int = 1, spacing: Sequence[float] | None = None) -> Path:
+def export_tiff(path: PathLike, labels: Any, factor: int = 1, spacing: Sequence[float] | None = None,
+                max_bytes: float | None = None) -> Path:
     """Write labels to TIFF, upsampled in-plane by ``factor`` with nearest neighbour.
 
     ``spacing`` is the image's voxel size; the written calibration is divided in-plane by ``factor``.
+    The upsampled size is checked before anything is allocated (see :func:`upsample_labels`).
     """
     factor = check_factor(factor)
-    fine = upsample_labels(labels, factor)
+    spacing = check_spacing(spacing, _as_labels(labels).ndim)
+    fine = upsample_labels(labels, factor, max_bytes=max_bytes)
     if spacing is not None:
         spacing = [*spacing[:-2], spacing[-2] / factor, spacing[-1] / factor]
     return write_labels_tiff(path, fine, spacing)
@@ -110,7 +159,8 @@ def fine_affine(affine: np.ndarray, inplane_axes: Sequence[int], factor: int) ->
     return out
 
 
-def write_labels_nifti(path: PathLike, labels: Any, metadata: Mapping[str, Any], factor: int = 1) -> Path:
+def write_labels_nifti(path: PathLike, labels: Any, metadata: Mapping[str, Any], factor: int = 1,
+                       max_bytes: float | None = None) -> Path:
     """Write labels drawn on a reader-loaded image to NIfTI on the original file's grid.
 
     ``labels`` has the shape of the displayed image, or that shape with the last two axes
@@ -129,7 +179,7 @@ def write_labels_nifti(path: PathLike, labels: Any, metadata: Mapping[str, Any],
     coarse = tuple(zyx_shape[a] for a in axes)
     fine = (*coarse[:-2], coarse[-2] * factor, coarse[-1] * factor)
     if arr.shape == coarse and factor > 1:
-        arr = upsample_labels(arr, factor)
+        arr = upsample_labels(arr, factor, max_bytes=max_bytes)
     elif arr.shape != fine:
         raise ValueError(f"labels shape {arr.shape} matches neither the image {coarse} nor the image "
                          f"upsampled by factor {factor} {fine}")

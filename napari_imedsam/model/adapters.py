@@ -20,6 +20,10 @@ class AdapterMismatchError(ValueError):
     """The adapter file was made for another backbone or configuration."""
 
 
+class AdapterFileError(ValueError):
+    """The file is not a usable adapter file (unreadable, no or a broken config, NaN/inf weights)."""
+
+
 def save_adapters(model: IMedSAM, path: str | Path, extra: dict[str, str] | None = None) -> Path:
     """Write the adapters atomically (temp file, then rename) so a crash never leaves a half file."""
     from safetensors.torch import save_file
@@ -56,33 +60,55 @@ def read_adapter_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise AdapterFileError(f"Adapters {path} is a folder, not a file; pick the .safetensors file inside it.")
     if not path.is_file():
         raise FileNotFoundError(f"Adapter file {path} does not exist.")
+    if path.stat().st_size == 0:
+        raise AdapterFileError(f"Adapter file {path} is empty (0 bytes); it was not written completely.")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
-        raise ValueError(
+        raise AdapterFileError(
             f"{path} is not a readable safetensors adapter file ({type(exc).__name__}: {exc}). "
             "It may be truncated, or a pickle (.pth/.pt), which is refused for safety; "
             "adapters are saved by napari-imedsam as .safetensors."
         ) from exc
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is a safetensors file but not an I-MedSAM adapter file (format "
-                         f"{meta.get('format')!r}, expected {FORMAT!r}).")
+        raise AdapterFileError(f"{path} is a safetensors file but not an I-MedSAM adapter file (format "
+                               f"{meta.get('format')!r}, expected {FORMAT!r}).")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise AdapterFileError(f"Adapters {path} hold NaN or infinite weights in {len(bad)} tensor(s) ({bad[:3]}); "
+                               "the training that wrote them diverged. Use an earlier version.")
     return tensors, meta
+
+
+def _config_of(meta: dict[str, str], path: str | Path) -> IMedSAMConfig:
+    """The configuration stored in an adapter file's metadata, with a clear error when it is absent or broken."""
+    if "config" not in meta:
+        raise AdapterFileError(f"Adapters {path} have no 'config' in their metadata, so the model they belong to "
+                               "is unknown; the file was not written by save_adapters.")
+    try:
+        data = json.loads(meta["config"])
+        if not isinstance(data, dict):
+            raise TypeError(f"it holds {type(data).__name__}, not an object")
+        return IMedSAMConfig.from_json(meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise AdapterFileError(f"Adapters {path} have an unusable 'config' in their metadata ({exc}).") from exc
 
 
 def adapter_config(path: str | Path) -> IMedSAMConfig:
     _, meta = read_adapter_file(path)
-    return IMedSAMConfig.from_json(meta["config"])
+    return _config_of(meta, path)
 
 
 def load_adapters(model: IMedSAM, path: str | Path) -> dict[str, str]:
     """Load adapters into ``model``; refuses files made for another backbone, weights or configuration."""
     tensors, meta = read_adapter_file(path)
-    cfg = IMedSAMConfig.from_json(meta["config"])
+    cfg = _config_of(meta, path)
     problems = []
     if meta.get("backbone") != model.backbone_name:
         problems.append(f"backbone: file {meta.get('backbone')!r} vs model {model.backbone_name!r}")
@@ -97,7 +123,12 @@ def load_adapters(model: IMedSAM, path: str | Path) -> dict[str, str]:
         )
     groups = model.named_part_parameters()
     # files written before the mask_decoder part (no "stored_parts" entry) hold exactly the ALWAYS_SAVED parts
-    stored = tuple(json.loads(meta["stored_parts"])) if "stored_parts" in meta else ALWAYS_SAVED
+    try:
+        stored = tuple(json.loads(meta["stored_parts"])) if "stored_parts" in meta else ALWAYS_SAVED
+        if not all(isinstance(part, str) for part in stored):
+            raise TypeError("not a list of part names")
+    except (TypeError, ValueError) as exc:
+        raise AdapterFileError(f"Adapters {path} have an unusable 'stored_parts' entry ({exc}).") from exc
     unknown = sorted(set(stored) - set(groups))
     if unknown:
         raise AdapterMismatchError(f"Adapters {path} store parts {unknown} that this version does not know; "

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import MISSING, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import triton_guard
 from .adapters import adapter_config, load_adapters
 from .backbones import SAM_VIT, build_backbone
-from .config import IMedSAMConfig, default_config
+from .config import BACKBONES, IMedSAMConfig, default_config
 from .imedsam import IMedSAM
 
 
@@ -29,6 +32,40 @@ def default_adapters_path(backbone: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def _check_overrides(overrides: dict) -> None:
+    """Settings passed to ``load_model`` as keywords: known names, values of the setting's type."""
+    known = {f.name: f for f in fields(IMedSAMConfig) if f.name not in ("backbone", "extra")}
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ValueError(f"load_model got unknown setting(s) {unknown}; the settings are {sorted(known)}.")
+    for key, value in overrides.items():
+        default = known[key].default if known[key].default is not MISSING else known[key].default_factory()
+        if value is None and "None" in str(known[key].type):
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, (bool, np.bool_))
+        elif isinstance(default, int):
+            ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+                and bool(np.isfinite(value))
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        elif isinstance(default, tuple):
+            ok = isinstance(value, (tuple, list)) and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value)
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(f"load_model setting {key}={value!r} must be {type(default).__name__} like the default "
+                             f"{default!r}.")
+
+
+def _check_path_arg(value, what: str) -> None:
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"{what} must be a file path (str or pathlib.Path), got {type(value).__name__} {value!r:.80}.")
+
+
 def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
                adapters: str | Path | None | bool = True, config: IMedSAMConfig | None = None,
                download: bool = False, **overrides) -> IMedSAM:
@@ -39,6 +76,18 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
     SAM weights are found by ``model.weights.resolve_checkpoint`` (explicit path, then the cache folder;
     ``download=True`` fetches them with a verified download).
     """
+    if not isinstance(name, str) or name not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.")
+    _check_path_arg(checkpoint, "checkpoint")
+    if not isinstance(adapters, bool):
+        _check_path_arg(adapters, "adapters")
+    if config is not None and not isinstance(config, IMedSAMConfig):
+        raise ValueError(f"config must be an IMedSAMConfig (see default_config), got {type(config).__name__}.")
+    _check_overrides(overrides)
+    if checkpoint is not None and name != "tiny":
+        from .weights import check_checkpoint_file
+
+        checkpoint = check_checkpoint_file(checkpoint)
     if adapters is True:
         adapters = default_adapters_path(name) if config is None and not overrides else None
     if adapters:

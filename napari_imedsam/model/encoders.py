@@ -46,7 +46,8 @@ class AdaptedViTEncoder(nn.Module):
         x = enc.patch_embed(self.normalise(images01))
         if enc.pos_embed is not None:
             x = x + enc.pos_embed
-        if self.fa is None:
+        live = self.fa.live() if self.fa is not None else ()
+        if not any(live):
             for blk in enc.blocks:
                 x = blk(x)
         else:
@@ -55,8 +56,11 @@ class AdaptedViTEncoder(nn.Module):
             if enc.pos_embed is not None:
                 f = f + enc.pos_embed
             for i, blk in enumerate(enc.blocks):
-                f, add = self.fa.step(i, f)
-                x = blk(x) + add
+                if live[i]:
+                    f, add = self.fa.step(i, f)
+                    x = blk(x) + add
+                else:  # a zero up-projection: no delta, tokens unchanged
+                    x = blk(x)
         return enc.neck(x.permute(0, 3, 1, 2))
 
 
@@ -91,7 +95,8 @@ class AdaptedTinyViTEncoder(nn.Module):
         enc = self.backbone
         x = enc.patch_embed((images01 - self.pixel_mean) / self.pixel_std)
         x = enc.layers[0](x)
-        spec = image_spectrum(images01, self.fa_mode).to(images01.dtype) if self.fa is not None else None
+        live = self.fa.live() if self.fa is not None else ()
+        spec = image_spectrum(images01, self.fa_mode).to(images01.dtype) if any(live) else None
         index = 0
         for s in range(1, len(enc.layers)):
             layer = enc.layers[s]
@@ -101,11 +106,11 @@ class AdaptedTinyViTEncoder(nn.Module):
                 pooled = F.adaptive_avg_pool2d(spec, (h, w)).flatten(2).transpose(1, 2)  # (B, L, 1)
                 f = self.fa_embed[str(s)](pooled)
             for blk in layer.blocks:
-                if f is None:
-                    x = blk(x)
-                else:
+                if f is not None and live[index]:
                     f, add = self.fa.step(index, f)
                     x = blk(x) + add
+                else:  # no FA, or a zero up-projection: no delta, tokens unchanged
+                    x = blk(x)
                 index += 1
             if layer.downsample is not None:
                 x = layer.downsample(x)

@@ -39,12 +39,28 @@ class Adapter(nn.Module):
 
 class FrequencyAdapter(nn.Module):
     """One adapter per encoder block. ``step(i, f)`` updates the frequency tokens and returns the delta
-    that block ``i`` adds (scaled) to its output."""
+    that block ``i`` adds (scaled) to its output.
+
+    An adapter whose up-projection is still exactly zero adds nothing and leaves the tokens unchanged, so
+    ``live()`` names the blocks that need the work; the encoders skip the others (and the spectrum itself
+    when none is live). Which adapters are live is recomputed only when one of their tensors changes."""
 
     def __init__(self, dims: list[int], hidden: int, scale: float):
         super().__init__()
         self.adapters = nn.ModuleList(Adapter(d, hidden) for d in dims)
         self.scale = scale
+        self._live: tuple[tuple, tuple[bool, ...]] | None = None
+
+    def live(self) -> tuple[bool, ...]:
+        """Per block: whether its adapter can change anything: a non-zero up-projection, or (when gradients
+        are wanted) a trainable one, which the optimizer is about to move."""
+        ups = [(a.up.weight, a.up.bias) for a in self.adapters]
+        state = tuple((t.data_ptr(), t._version, t.device) for pair in ups for t in pair)
+        if self._live is None or self._live[0] != state:
+            self._live = (state, tuple(bool(w.detach().any() or b.detach().any()) for w, b in ups))
+        if not torch.is_grad_enabled():
+            return self._live[1]
+        return tuple(nz or w.requires_grad or b.requires_grad for nz, (w, b) in zip(self._live[1], ups))
 
     def step(self, index: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         delta = self.adapters[index](tokens)

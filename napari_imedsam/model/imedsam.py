@@ -24,6 +24,9 @@ class IMedSAM(nn.Module):
     ``valid_hw``, the size of the resized image inside the padded input. The INR sees the point relative to
     the image (not the padding), so the same model renders any resolution or window of the image."""
 
+    #: Skip the INR where the bound settles the answer (switch off to check the skip against every point).
+    skip_settled: bool = True
+
     def __init__(self, parts: BackboneParts, config: IMedSAMConfig):
         super().__init__()
         self.config = config
@@ -46,6 +49,7 @@ class IMedSAM(nn.Module):
         # file without them is loaded (a plain attribute: not in state_dict, copied by deepcopy)
         self._pristine_mask_decoder = {n: p.detach().cpu().clone()
                                        for n, p in self.named_part_parameters()["mask_decoder"] if not p.is_meta}
+        self._fingerprints: dict[tuple[str, ...], tuple[tuple, str]] = {}  # parts -> (tensor state, hash)
 
     def train(self, mode: bool = True) -> IMedSAM:
         """The frozen backbone always runs in eval mode (BatchNorm statistics and TinyViT's attention-bias
@@ -108,14 +112,26 @@ class IMedSAM(nn.Module):
             for n, p in self.named_part_parameters()["mask_decoder"]:
                 p.copy_(self._pristine_mask_decoder[n].to(p.device, p.dtype))
 
-    def encoder_adapter_hash(self) -> str:
-        """Identity of the tensors that change the image embedding (LoRA, FA): the embedding cache key."""
-        digest = hashlib.sha256()
+    def fingerprint(self, parts: tuple[str, ...] | str = PART_NAMES) -> str:
+        """Content hash of the tensors of ``parts`` (``"encoder"``: LoRA + FA, which change the image
+        embedding; ``"decoder"``: the rest; or part names): the key of the embedding and box caches and the
+        identity of a saved version. The hash is recomputed only when a tensor was replaced or changed in
+        place (load_adapters, a training step, ``copy_``), detected from tensor version counters, so asking
+        per query costs no device-to-host copy."""
+        parts = {"encoder": ("lora", "fa"), "decoder": ("decoder", "mask_decoder", "inr")}.get(parts, parts)
+        parts = (parts,) if isinstance(parts, str) else tuple(parts)
         groups = self.named_part_parameters()
-        for name, p in groups["lora"] + groups["fa"]:
-            digest.update(name.encode())
-            digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        params = [(n, p) for part in parts for n, p in groups[part]]
+        state = tuple((n, p.data_ptr(), p._version, p.dtype, p.device) for n, p in params)
+        cached = self._fingerprints.get(parts)
+        if cached is None or cached[0] != state:
+            digest = hashlib.sha256()
+            for name, p in sorted(params, key=lambda item: item[0]):
+                digest.update(name.encode())
+                digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+            cached = (state, digest.hexdigest()[:16])
+            self._fingerprints[parts] = cached
+        return cached[1]
 
     # ---- forward pieces ---------------------------------------------------------------------------------
     def encode(self, images01: torch.Tensor) -> torch.Tensor:
@@ -148,12 +164,33 @@ class IMedSAM(nn.Module):
         return torch.cat(parts, dim=-1), base
 
     def _combine(self, base: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        return base + delta if self.config.residual else delta
+        if not self.config.residual:
+            return delta
+        bound = self.config.residual_bound
+        return base + (delta if bound is None else bound * torch.tanh(delta / bound))
 
-    def mc_variance_of(self, x: torch.Tensor, base: torch.Tensor, seed: int | None = 0) -> torch.Tensor:
+    def base_logit(self, feats: BoxFeatures, points: torch.Tensor) -> torch.Tensor:
+        """The backbone's own low-resolution logit at points (B, N, 2), sampled bilinearly: (B, N)."""
+        grid = (points / float(self.image_size) * 2.0 - 1.0).unsqueeze(2).to(feats.lowres_logit.dtype)
+        return F.grid_sample(feats.lowres_logit, grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)[:, 0, :, 0]
+
+    def settled(self, base: torch.Tensor) -> torch.Tensor | None:
+        """Where the answer is settled without the INR: the backbone's logit is beyond the residual bound,
+        so no bounded correction can flip its sign. There the final logit is the backbone's and the
+        uncertainty is 0, by definition, at inference (None: the INR is needed everywhere)."""
+        bound = self.config.residual_bound
+        if not self.config.residual or bound is None or not self.skip_settled:
+            return None
+        return base.abs() > bound
+
+    def mc_variance_of(self, x: torch.Tensor, base: torch.Tensor, seed: int | None = 0,
+                       logits: torch.Tensor | None = None) -> torch.Tensor:
         """Variance over ``mc_samples`` dropout passes of the coarse head's probability (fixed draws by
-        default, so inference is reproducible; ``seed=None`` draws fresh masks, as in training)."""
-        logits = self.coarse.mc_logits(x, self.config.mc_samples, seed=seed)
+        default, so inference is reproducible; ``seed=None`` draws fresh masks, as in training). ``logits``:
+        the passes' logits if already computed."""
+        if logits is None:
+            logits = self.coarse.mc_logits(x, self.config.mc_samples, seed=seed)
         probs = torch.sigmoid(self._combine(base.unsqueeze(0), logits).float())
         return probs.var(dim=0, unbiased=False)
 
@@ -180,25 +217,58 @@ class IMedSAM(nn.Module):
 
     @torch.no_grad()
     def query(self, feats: BoxFeatures, points: torch.Tensor, valid_hw: torch.Tensor,
-              threshold: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+              threshold: torch.Tensor | None, counts: dict | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Inference at points (B, N, 2): final logits, and the MC variance when UGS is on.
 
         The fine head replaces the coarse logit where the variance reaches ``threshold`` (per image), the
         top-K cut taken once per box on a reference grid, so a point's value does not depend on which
-        other points are rendered with it (any zoom, any window, adaptive or dense)."""
-        x, base = self.point_inputs(feats, points, valid_hw)
-        delta, feat = self.coarse(x, dropout=False)
-        logits = self._combine(base, delta)
-        if not self.config.ugs:
-            return logits, None
-        var = self.mc_variance_of(x, base)
-        if threshold is not None:
-            sel = var >= threshold.view(-1, 1)
-            if sel.any():
-                fine = self.fine(torch.cat([x[sel], feat[sel]], dim=-1))
-                logits = logits.clone()
-                logits[sel] = self._combine(base[sel], fine)
+        other points are rendered with it (any zoom, any window, adaptive or dense). The heads run only
+        where the answer is not ``settled`` (a band around the backbone's boundary); ``counts`` (optional)
+        accumulates how many points they ran on (``"inr"``) and how many had the fine head (``"fine"``)."""
+        base = self.base_logit(feats, points)
+        settled = self.settled(base)
+        logits = base.clone()
+        var = torch.zeros_like(base, dtype=torch.float32) if self.config.ugs else None
+        for i in range(points.shape[0]):
+            need = slice(None) if settled is None else ~settled[i]
+            pts = points[i : i + 1, need]
+            if pts.shape[1] == 0:
+                continue
+            x, b = self.point_inputs(feats.index(i), pts, valid_hw[i : i + 1])
+            if self.config.ugs:
+                delta, feat, mc = self.coarse.forward_and_mc(x, self.config.mc_samples)
+            else:
+                delta, feat = self.coarse(x, dropout=False)
+            out = self._combine(b, delta)
+            if counts is not None:
+                counts["inr"] = counts.get("inr", 0) + pts.shape[1]
+            if self.config.ugs:
+                v = self.mc_variance_of(x, b, logits=mc)
+                var[i, need] = v[0]
+                if threshold is not None:
+                    sel = v >= threshold.view(-1)[i]
+                    if counts is not None:
+                        counts["fine"] = counts.get("fine", 0) + int(sel.sum())
+                    if sel.any():
+                        out = out.clone()
+                        out[sel] = self._combine(b[sel], self.fine(torch.cat([x[sel], feat[sel]], dim=-1)))
+            logits[i, need] = out[0].to(logits.dtype)
         return logits, var
+
+    @torch.no_grad()
+    def variance(self, feats: BoxFeatures, points: torch.Tensor, valid_hw: torch.Tensor) -> torch.Tensor:
+        """MC-dropout variance of the coarse probability at points (B, N, 2); 0 where the answer is settled."""
+        base = self.base_logit(feats, points)
+        settled = self.settled(base)
+        var = torch.zeros_like(base, dtype=torch.float32)
+        for i in range(points.shape[0]):
+            need = slice(None) if settled is None else ~settled[i]
+            pts = points[i : i + 1, need]
+            if pts.shape[1]:
+                x, b = self.point_inputs(feats.index(i), pts, valid_hw[i : i + 1])
+                var[i, need] = self.mc_variance_of(x, b)[0]
+        return var
 
     @torch.no_grad()
     def uncertainty_threshold(self, feats: BoxFeatures, valid_hw: torch.Tensor) -> torch.Tensor | None:
@@ -213,8 +283,8 @@ class IMedSAM(nn.Module):
             xs = (torch.arange(n, device=valid_hw.device, dtype=torch.float32) + 0.5) * w / n
             gy, gx = torch.meshgrid(ys, xs, indexing="ij")
             pts = torch.stack([gx, gy], dim=-1).reshape(1, -1, 2)
-            x, base = self.point_inputs(feats.index(i), pts, valid_hw[i : i + 1])
-            var = self.mc_variance_of(x, base)[0]
+            var = torch.cat([self.variance(feats.index(i), chunk, valid_hw[i : i + 1])[0]
+                             for chunk in pts.split(4096, dim=1)])  # chunks: bounded memory for wide heads
             k = max(1, int(round(self.config.topk * var.numel())))
             out.append(var.topk(k).values[-1].clamp_min(1e-12))
         return torch.stack(out)

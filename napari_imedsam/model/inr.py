@@ -39,18 +39,31 @@ class CoarseINR(nn.Module):
         out = self.layers[-1](x)
         return out[..., 0], out[..., 1:]
 
-    def mc_logits(self, x: torch.Tensor, samples: int, seed: int | None = None) -> torch.Tensor:
+    def forward_and_mc(self, x: torch.Tensor, samples: int, seed: int | None = 0
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inference: ``forward(x)`` without dropout and ``mc_logits(x, ...)``, sharing the first (widest)
+        layer, which dropout does not touch. Returns (logit, feature, MC logits)."""
+        h0 = F.relu(self.layers[0](x))
+        h = h0
+        for layer in self.layers[1:-1]:
+            h = F.relu(layer(h))
+        out = self.layers[-1](h)
+        return out[..., 0], out[..., 1:], self.mc_logits(x, samples, seed, first=h0)
+
+    def mc_logits(self, x: torch.Tensor, samples: int, seed: int | None = None,
+                  first: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of ``samples`` dropout sub-networks, (S, ...), with dropout on whatever the module's mode.
 
         Each sample drops the same hidden units at every point (one network drawn per sample), so a point's
         variance does not depend on which other points are queried with it. ``seed`` fixes the draws
-        (inference: reproducible masks and uncertainty); ``None`` uses the global RNG (training)."""
+        (inference: reproducible masks and uncertainty); ``None`` uses the global RNG (training). ``first``:
+        the first layer's activation if already computed."""
         gen = None
         if seed is not None:
             gen = torch.Generator(device="cpu")
             gen.manual_seed(seed)
         keep = 1.0 - self.dropout
-        h = F.relu(self.layers[0](x)).unsqueeze(0)
+        h = (F.relu(self.layers[0](x)) if first is None else first).unsqueeze(0)
         shape = (samples,) + (1,) * (h.dim() - 2)
         for i, layer in enumerate(self.layers[1:], start=1):
             width = self.layers[i - 1].out_features

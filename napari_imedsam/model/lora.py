@@ -1,10 +1,15 @@
-"""LoRA on the q and v parts of a fused qkv projection (A Kaiming-uniform, B zero: starts as identity)."""
+"""LoRA on the q and v parts of a fused qkv projection (A Kaiming-uniform, B zero: starts as identity).
+
+At inference (no gradient wanted) the update is merged into one weight, ``W + scale * B @ A`` on the q and
+v rows, computed once per change of any of the tensors involved, so LoRA costs one plain linear layer;
+while training the low-rank path runs unmerged so that gradients reach A and B."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -27,6 +32,7 @@ class LoRAQKV(nn.Module):
         if dev.type != "meta":
             nn.init.kaiming_uniform_(self.q_a, a=math.sqrt(5))
             nn.init.kaiming_uniform_(self.v_a, a=math.sqrt(5))
+        self._merged: tuple[tuple, torch.Tensor] | None = None  # (state of the tensors, merged weight)
 
     @property
     def weight(self) -> torch.Tensor:  # some callers inspect qkv.weight
@@ -36,7 +42,30 @@ class LoRAQKV(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
+    def _state(self) -> tuple:
+        """Changes whenever any tensor of the merged weight is replaced or modified in place."""
+        tensors = (self.base.weight, self.q_a, self.q_b, self.v_a, self.v_b)
+        return tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+
+    def merged_weight(self) -> torch.Tensor:
+        """``W`` with the scaled q and v updates added, cached until a tensor changes."""
+        state = self._state()
+        if self._merged is None or self._merged[0] != state:
+            with torch.no_grad():
+                w = self.base.weight.detach().clone()
+                w.index_add_(0, self.q_index, (self.q_b @ self.q_a).to(w.dtype), alpha=self.scaling)
+                w.index_add_(0, self.v_index, (self.v_b @ self.v_a).to(w.dtype), alpha=self.scaling)
+            self._merged = (state, w)
+        return self._merged[1]
+
+    def _needs_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(
+            t.requires_grad for t in (self.base.weight, self.q_a, self.q_b, self.v_a, self.v_b))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._needs_grad():
+            return F.linear(x, self.merged_weight(), self.base.bias)
+        self._merged = None  # training: free the merged copy (it would be stale after the next step)
         out = self.base(x)
         dq = (x @ self.q_a.t()) @ self.q_b.t() * self.scaling
         dv = (x @ self.v_a.t()) @ self.v_b.t() * self.scaling

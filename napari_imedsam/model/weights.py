@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
+import struct
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -79,6 +81,50 @@ class ChecksumError(ValueError):
     """A file's size or hash differs from the registry; it was not put in the cache."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is unusable before it is even loaded: empty, cut short, a folder, not a checkpoint."""
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> Path:
+    """Cheap checks of a checkpoint file before it is loaded (nothing is unpickled, nothing big is read):
+    it exists, is a file, is not empty, and a safetensors file holds every byte its header promises
+    (a torch zip checkpoint: its zip directory is complete)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        inside = sorted(f.name for f in p.iterdir() if f.suffix in (".pth", ".pt", ".safetensors"))[:3]
+        hint = f" It holds {inside}: pass one of them." if inside else ""
+        raise CheckpointError(f"checkpoint {p} is a folder, not a file.{hint}")
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {p}")
+    size = p.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {p} is empty (0 bytes); the download or copy did not finish.")
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+        if p.suffix == ".safetensors":
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if n < 2 or 8 + n > size:
+                raise CheckpointError(f"checkpoint {p} is not a complete safetensors file ({size:,} bytes, header "
+                                      f"length {n}); it is cut short or not a safetensors file.")
+            try:
+                header = json.loads(fh.read(n))
+                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                raise CheckpointError(f"checkpoint {p} has a damaged safetensors header ({exc}).") from exc
+            if 8 + n + end > size:
+                raise CheckpointError(f"checkpoint {p} is cut short: its header promises {8 + n + end:,} bytes, the "
+                                      f"file holds {size:,}. Copy or download it again.")
+        elif head[:4] == b"PK\x03\x04":  # torch's zip format: a cut file has no central directory
+            import zipfile
+
+            try:
+                zipfile.ZipFile(p).close()
+            except zipfile.BadZipFile as exc:
+                raise CheckpointError(f"checkpoint {p} is cut short or damaged ({size:,} bytes; {exc}). Copy or "
+                                      "download it again.") from exc
+    return p
+
+
 def default_cache_dir() -> Path:
     """``$IMEDSAM_CACHE`` if set, else the per-user cache folder + ``checkpoints`` (not created here)."""
     env = os.environ.get(ENV_CACHE)
@@ -113,10 +159,7 @@ def resolve_checkpoint(name: str, path: str | os.PathLike | None = None,
                        registry: Mapping[str, CheckpointSpec] | None = None) -> Path:
     """Path of checkpoint ``name``: explicit ``path``, else the cache, else (if allowed) a download."""
     if path is not None:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(f"checkpoint file not found: {p}")
-        return p
+        return check_checkpoint_file(path)
     spec = checkpoint_spec(name, registry)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = cache / spec.filename

@@ -19,6 +19,9 @@ import skimage.io
 import skimage.measure
 import tifffile
 
+from napari_imedsam.io.volumes import ReaderError
+from napari_imedsam.model.preprocess import rescale_unit
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
 TIFF_EXTENSIONS = (".tif", ".tiff")
@@ -27,11 +30,24 @@ MaskMode = Literal["auto", "binary", "instance"]
 
 
 def read_array(path: str | Path) -> np.ndarray:
-    """Read a 2-D image file as stored (tifffile for TIFF, skimage.io otherwise)."""
+    """Read a 2-D image file as stored (tifffile for TIFF, skimage.io otherwise). A file that cannot be read
+    (cut short, not an image, empty, a folder) is a ``ReaderError`` naming it; a missing one FileNotFoundError."""
     path = Path(path)
-    if path.suffix.lower() in TIFF_EXTENSIONS:
-        return np.asarray(tifffile.imread(path))
-    return np.asarray(skimage.io.imread(path))
+    if path.is_dir():
+        raise ReaderError(f"{path} is a folder, not an image file.", path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ReaderError(f"{path} is empty (0 bytes).", path)
+    try:
+        if path.suffix.lower() in TIFF_EXTENSIONS:
+            return np.asarray(tifffile.imread(path))
+        return np.asarray(skimage.io.imread(path))
+    except MemoryError as exc:
+        raise ReaderError(f"{path}: not enough memory to read it.", path) from exc
+    except Exception as exc:  # noqa: BLE001 - tifffile/imageio/PIL raise many types (struct.error, OSError, ...)
+        raise ReaderError(f"{path} cannot be read as an image; it may be cut short or not an image "
+                          f"({type(exc).__name__}: {exc}).", path) from exc
 
 
 def to_hw_or_hwc(arr: np.ndarray) -> np.ndarray:
@@ -55,13 +71,12 @@ def to_unit_float(arr: np.ndarray) -> np.ndarray:
         return arr.astype(np.float32) / 65535.0
     if arr.dtype == bool:
         return arr.astype(np.float32)
-    out = arr.astype(np.float32)
-    if not np.isfinite(out).all():
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError("image contains NaN or infinite values")
-    lo, hi = float(out.min()), float(out.max())
+    lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
-        return np.zeros_like(out)
-    return (out - lo) / (hi - lo)
+        return np.zeros(arr.shape, np.float32)
+    return np.clip(rescale_unit(arr, lo, hi), 0.0, 1.0)
 
 
 def read_image(path: str | Path) -> np.ndarray:
