@@ -40,22 +40,26 @@ def _lattice(n: int, step: int) -> np.ndarray:
     return np.unique(np.r_[np.arange(0, n, step), n - 1])
 
 
-def _interp_axis(values: np.ndarray, lattice: np.ndarray, n: int, axis: int) -> np.ndarray:
-    """Linear interpolation along ``axis`` from lattice positions to all ``n`` positions."""
-    pos = np.arange(n)
+def _interp_axis(values: np.ndarray, lattice: np.ndarray, pos: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation along ``axis`` from lattice positions to the positions ``pos``."""
     i0 = np.clip(np.searchsorted(lattice, pos, side="right") - 1, 0, max(0, len(lattice) - 2))
     i1 = np.minimum(i0 + 1, len(lattice) - 1)
     span = np.maximum(lattice[i1] - lattice[i0], 1)
     t = np.clip((pos - lattice[i0]) / span, 0.0, 1.0).astype(np.float32)
     a, b = np.take(values, i0, axis=axis), np.take(values, i1, axis=axis)
     shape = [1, 1]
-    shape[axis] = n
+    shape[axis] = len(pos)
     t = t.reshape(shape)
     return a * (1 - t) + b * t
 
 
-def _interp2(lat: np.ndarray, ly: np.ndarray, lx: np.ndarray, h: int, w: int) -> np.ndarray:
-    return _interp_axis(_interp_axis(lat, ly, h, 0), lx, w, 1)
+def _interp2(lat: np.ndarray, ly: np.ndarray, lx: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
+    return _interp_axis(_interp_axis(lat, ly, py, 0), lx, px, 1)
+
+
+def _cell_of(lattice: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Index of the lattice cell (between lattice[i] and lattice[i + 1]) holding each position."""
+    return np.clip(np.searchsorted(lattice, pos, side="right") - 1, 0, max(0, len(lattice) - 2))
 
 
 def render_logits(
@@ -99,22 +103,25 @@ def render_logits(
     step = 1
     while step * 2 <= min(max_step, 2.0 * out_per_image_px):
         step *= 2
-    active = np.ones((h, w), dtype=bool)
+    # Work on the lattice of each level only (never a full-size array until the last level, step 1):
+    # ``act`` says which lattice points lie in a cell to refine, ``est`` the previous level's estimate there.
+    ly, lx = _lattice(h, step), _lattice(w, step)
+    act = np.ones((len(ly), len(lx)), dtype=bool)
     est = None
     levels = 0
     while True:
         levels += 1
-        ly, lx = _lattice(h, step), _lattice(w, step)
-        grid = np.ix_(ly, lx)
-        need = np.zeros((h, w), dtype=bool)
-        need[grid] = active[grid] & np.isnan(val[grid])
-        run(need)
-        lat = val[grid]
+        lat = val[np.ix_(ly, lx)]
+        rr, cc = np.nonzero(act & np.isnan(lat))
+        if rr.size:
+            got = evaluate(np.stack([xs[lx[cc]], ys[ly[rr]]], axis=-1))
+            val[ly[rr], lx[cc]] = got
+            lat[rr, cc] = got
+            evaluated += rr.size
         if est is not None:
-            lat = np.where(np.isnan(lat), est[grid], lat)
-        est = _interp2(lat, ly, lx, h, w)
+            lat = np.where(np.isnan(lat), est, lat)
         if step == 1:
-            break
+            return lat.astype(np.float32), RenderStats(evaluated, h * w, levels)
         lo = np.minimum(np.minimum(lat[:-1, :-1], lat[1:, :-1]), np.minimum(lat[:-1, 1:], lat[1:, 1:]))
         hi = np.maximum(np.maximum(lat[:-1, :-1], lat[1:, :-1]), np.maximum(lat[:-1, 1:], lat[1:, 1:]))
         # a cell far below an image pixel cannot hide a whole structure: shrink the margin with it
@@ -122,15 +129,17 @@ def render_logits(
         flagged = (lo < m) & (hi > -m)
         if flagged.size:
             flagged = ndimage.binary_dilation(flagged, structure=np.ones((3, 3), bool))
-        rows = np.clip(np.searchsorted(ly, np.arange(h), side="right") - 1, 0, max(0, len(ly) - 2))
-        cols = np.clip(np.searchsorted(lx, np.arange(w), side="right") - 1, 0, max(0, len(lx) - 2))
-        active = flagged[rows][:, cols] if flagged.size else np.ones((h, w), dtype=bool)
-        # a pixel on a lattice line also belongs to the cell before it
-        on_y = np.isin(np.arange(h), ly[1:-1])
-        on_x = np.isin(np.arange(w), lx[1:-1])
-        if flagged.size and (on_y.any() or on_x.any()):
-            active |= flagged[np.maximum(rows - 1, 0)][:, cols] & on_y[:, None]
-            active |= flagged[rows][:, np.maximum(cols - 1, 0)] & on_x[None, :]
         step //= 2
-    out = np.where(np.isnan(val), est, val).astype(np.float32)
-    return out, RenderStats(evaluated, h * w, levels)
+        ny, nx = _lattice(h, step), _lattice(w, step)
+        est = _interp2(lat, ly, lx, ny, nx)
+        rows, cols = _cell_of(ly, ny), _cell_of(lx, nx)
+        if flagged.size:
+            act = flagged[rows][:, cols]
+            # a point on a lattice line also belongs to the cell before it
+            on_y, on_x = np.isin(ny, ly[1:-1]), np.isin(nx, lx[1:-1])
+            if on_y.any() or on_x.any():
+                act |= flagged[np.maximum(rows - 1, 0)][:, cols] & on_y[:, None]
+                act |= flagged[rows][:, np.maximum(cols - 1, 0)] & on_x[None, :]
+        else:
+            act = np.ones((len(ny), len(nx)), dtype=bool)
+        ly, lx = ny, nx

@@ -147,10 +147,9 @@ class IMedSAM(nn.Module):
         """Per-point INR input (B, N, D) and the backbone's own logit at the point (B, N)."""
         size = float(self.image_size)
         grid = (points / size * 2.0 - 1.0).unsqueeze(2).to(feats.upscaled.dtype)  # (B, N, 1, 2)
-        maps = torch.cat([feats.upscaled, feats.lowres_logit], dim=1)
-        sampled = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        sampled = sampled.squeeze(-1).transpose(1, 2)  # (B, N, C_up + 1)
-        up, base = sampled[..., :-1], sampled[..., -1]
+        up = F.grid_sample(feats.upscaled, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        up = up.squeeze(-1).transpose(1, 2)  # (B, N, C_up)
+        base = self.base_logit(feats, points)
         pe = self.box_decoder.positional_encoding(points / size).to(up.dtype)
         hw = valid_hw.to(points.dtype)
         p_img = points / hw[:, None, [1, 0]] * 2.0 - 1.0
