@@ -128,9 +128,9 @@ def summarise(per: list[dict]) -> dict:
 
 
 def widget_config(steps: int | None, n_train: int, device: torch.device) -> dict:
-    """The fine-tune widget's training configuration (``napari_imedsam.finetune.run``) for ``n_train``
+    """The fine-tune widget's training configuration (``napari_imedsam.finetune.settings``) for ``n_train``
     objects, without a held-out check (this curve scores its own held-out nuclei)."""
-    from napari_imedsam.finetune.run import FinetuneSettings, default_parts, train_config
+    from napari_imedsam.finetune.settings import FinetuneSettings, default_parts, train_config
 
     s = FinetuneSettings(parts=tuple(default_parts(device)), steps=steps or 0)
     return train_config(s, n_train, False, device).to_dict()

@@ -112,7 +112,14 @@ def row(name: str, k: int, before: dict, after: dict, box: dict, outcome, wall: 
 
 
 # ---- the three data sets ------------------------------------------------------------------------------
-def dsb_rows(backbone: str, counts: Sequence[int], settings, device, quick: bool, lora_fa: str | None) -> tuple:
+def unbounded(model):
+    """The same model with the INR's correction unbounded (the renderer then runs the INR everywhere)."""
+    model.config = model.config.with_(residual_bound=None)
+    return model
+
+
+def dsb_rows(backbone: str, counts: Sequence[int], settings, device, quick: bool, lora_fa: str | None,
+             bound_ablation: bool = False) -> tuple:
     from napari_imedsam import load_model
 
     image, nuclei = load_nuclei(quick)
@@ -127,15 +134,20 @@ def dsb_rows(backbone: str, counts: Sequence[int], settings, device, quick: bool
         before = score_scenes(base, test, device)
     rows, unc = [], None
     runs = [] if lora_fa == "only" else [(k, settings, "") for k in counts]
+    k20 = 20 if 20 in counts else max(counts)
     if lora_fa:
-        k = 20 if 20 in counts else max(counts)
-        runs.append((k, replace(settings, parts=("lora", "fa", "decoder", "mask_decoder", "inr")), " + LoRA + FA"))
+        runs.append((k20, replace(settings, parts=("lora", "fa", "decoder", "mask_decoder", "inr")), " + LoRA + FA"))
+    if bound_ablation:
+        runs.append((k20, settings, " (unbounded correction)"))
     for k, s, tag in runs:
         labels = np.zeros(image.shape[:2], np.uint16)
         for j, i in enumerate(order[:k], start=1):
             labels[left[i].mask] = j
+        model = load_model(backbone)
+        if tag == " (unbounded correction)":
+            model = unbounded(model)
         with section(f"DSB: fine-tune on {k} nuclei{tag}"):
-            outcome, wall = finetune(load_model(backbone), [(image, labels, ())], s)
+            outcome, wall = finetune(model, [(image, labels, ())], s)
         model = outcome.model or base
         with section(f"DSB: score after {k}{tag}"):
             after = score_scenes(model, test, device)
@@ -230,7 +242,7 @@ def ablation_rows(backbone: str, settings, device, quick: bool, steps: int) -> l
     """The choices behind the defaults: ``fit`` on 20 DSB nuclei of the left half with one setting changed,
     the same number of steps for all (no held-out split: the right half is the test)."""
     from napari_imedsam import load_model
-    from napari_imedsam.finetune.run import train_config
+    from napari_imedsam.finetune.settings import train_config
     from napari_imedsam.model.preprocess import image_to_unit
     from src_training.data.sample import Sample
     from src_training.trainer import fit
@@ -276,7 +288,7 @@ def curve_table(rows: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from napari_imedsam.finetune.run import FinetuneSettings
+    from napari_imedsam.finetune.settings import FinetuneSettings
 
     parser = base_parser("finetune_curve", "Held-out Dice before/after fine-tuning on a few corrected objects.",
                          repeats=False)
@@ -287,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lora-fa", nargs="?", const="also", choices=["also", "only"],
                         help="also (or only) the DSB k=20 run with LoRA + FA trained")
     parser.add_argument("--steps", type=int, default=0, help="fixed steps per run (default: the widget's auto)")
+    parser.add_argument("--bound-ablation", action="store_true",
+                        help="also the DSB k=20 run with the INR's correction unbounded (config.residual_bound=None)")
     args = parser.parse_args(argv)
     device = devices_for(args.device)[-1]
     backbone = "tiny" if args.quick else "litemedsam"
@@ -295,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows, unc = [], None
     if "dsb" in args.sections:
-        got, unc = dsb_rows(backbone, counts, settings, device, args.quick, args.lora_fa)
+        got, unc = dsb_rows(backbone, counts, settings, device, args.quick, args.lora_fa, args.bound_ablation)
         rows += got
     if "phantom" in args.sections:
         rows += phantom_rows(backbone, settings, device, args.quick)

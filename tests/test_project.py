@@ -202,7 +202,7 @@ def test_empty_mask_is_refused(tmp_path):
 
 # ---- the fine-tuning glue that needs no model -------------------------------------------------------------
 def test_held_out_split_is_by_slice_and_stable(tmp_path):
-    from napari_imedsam.finetune.run import split_held_out
+    from napari_imedsam.finetune.settings import split_held_out
 
     project = Project(tmp_path)
     for z in range(10):
@@ -228,7 +228,7 @@ def test_held_out_split_is_by_slice_and_stable(tmp_path):
 
 
 def test_settings_are_checked():
-    from napari_imedsam.finetune.run import FinetuneError, FinetuneSettings
+    from napari_imedsam.finetune.settings import FinetuneError, FinetuneSettings
 
     cases = ((dict(steps=-1), "at least one"), (dict(lr=0.0), "learning rate"), (dict(parts=()), "at least one part"),
              (dict(parts=("lora", "x")), "Unknown parts"), (dict(held_out=1.0), "held-out"))
