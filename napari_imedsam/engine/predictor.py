@@ -14,8 +14,9 @@ from ..io.export import RequestTooLarge, check_request_size  # noqa: F401 - Requ
 from ..model.box_decoder import BoxFeatures
 from ..model.device import resolve_device
 from ..model.imedsam import IMedSAM
-from ..model.preprocess import Prepared, prepare, validate_box
+from ..model.preprocess import Prepared, prepare
 from .cache import EmbeddingCache
+from .prompts import make_prompt, mask_input
 from .render import OUTSIDE_LOGIT, RenderStats, pixel_centres, render_logits
 
 MAX_SIDE = 16384
@@ -186,20 +187,29 @@ class Predictor:
             self._embedding = None
             self._boxes.clear()
 
-    # ---- boxes -----------------------------------------------------------------------------------------
-    def _box_state(self, box) -> tuple[BoxFeatures, torch.Tensor | None]:
+    # ---- prompts ---------------------------------------------------------------------------------------
+    def _prompt_state(self, box, points=None, point_labels=None, mask_prompt=None
+                      ) -> tuple[BoxFeatures, torch.Tensor | None]:
+        """The decoder's features and UGS threshold for a prompt, cached by the prompt's key."""
         prep = self._require_image()
-        clipped = validate_box(box, prep.image_hw)
+        prompt = make_prompt(box, points, point_labels, mask_prompt, prep.image_hw)
         emb_key = self._model_key()
-        key = (self._image_key, *emb_key, self._model.fingerprint("decoder"), tuple(round(v, 4) for v in clipped))
+        key = (self._image_key, *emb_key, self._model.fingerprint("decoder"), prompt.key())
         if key in self._boxes:
             self._boxes.move_to_end(key)
             return self._boxes[key]
         emb = self._ensure_embedding()
-        b = torch.from_numpy(self.transform_box(clipped)).to(self.device)[None]
-        valid = torch.tensor([prep.valid_hw], device=self.device, dtype=torch.float32)
+        dev = self.device
+        b = None if prompt.box is None else torch.from_numpy(self.transform_box(prompt.box)).to(dev)[None]
+        pts = lab = mask = None
+        if prompt.points is not None:
+            pts = torch.from_numpy(self.transform_coords(prompt.points)).to(dev)[None]
+            lab = torch.from_numpy(prompt.labels).to(dev)[None]
+        if prompt.mask is not None:
+            mask = mask_input(prompt.mask, prep, self._model.box_decoder.mask_input_size, self._model.image_size, dev)
+        valid = torch.tensor([prep.valid_hw], device=dev, dtype=torch.float32)
         with torch.no_grad():
-            feats = self._model.decode_box(emb, b)
+            feats = self._model.decode_prompt(emb, b, pts, lab, mask)
             tau = self._model.uncertainty_threshold(feats, valid)
         self._boxes[key] = (feats, tau)
         while len(self._boxes) > 32:
@@ -268,14 +278,17 @@ class Predictor:
     # ---- public queries ----------------------------------------------------------------------------------
     def predict(self, box, out_shape: tuple[int, int] | None = None,
                 region: tuple[float, float, float, float] | None = None, dense: bool = False,
-                return_logits: bool = False) -> np.ndarray:
+                return_logits: bool = False, *, points=None, point_labels=None, mask_prompt=None) -> np.ndarray:
         """Probabilities (float32, ``out_shape``) of the object in ``box`` (x0, y0, x1, y1, image pixels).
 
+        Clicks refine it: ``points`` [[x, y], ...] in image pixels with ``point_labels`` (1 object, 0
+        background); ``box=None`` segments from the clicks alone. ``mask_prompt``: the previous prediction's
+        logits on the image grid (``return_logits=True``), SAM's mask input for iterative clicking.
         Adaptive rendering by default; ``dense=True`` queries every pixel (for checking).
         ``self.last_stats`` tells how many INR points were evaluated."""
         with self._lock:
             region, out_shape = self._grid(region, out_shape)
-            feats, tau = self._box_state(box)
+            feats, tau = self._prompt_state(box, points, point_labels, mask_prompt)
             counts: dict = {}
             logits, stats = render_logits(lambda xy: self._query(feats, tau, xy, "inr", counts), region, out_shape,
                                           self.image_hw, dense=dense)
@@ -284,22 +297,26 @@ class Predictor:
         return logits if return_logits else _sigmoid(logits)
 
     def predict_backbone(self, box, out_shape: tuple[int, int] | None = None,
-                         region: tuple[float, float, float, float] | None = None) -> np.ndarray:
+                         region: tuple[float, float, float, float] | None = None, **prompt) -> np.ndarray:
         """The backbone decoder's own low-resolution mask, bilinearly resampled to the same grid: the
-        discrete baseline the INR is compared against."""
-        return self._dense(box, out_shape, region, "backbone", _sigmoid)
+        discrete baseline the INR is compared against. Takes the prompts ``predict`` takes."""
+        return self._dense(box, out_shape, region, "backbone", _sigmoid, prompt)
 
     def uncertainty(self, box, out_shape: tuple[int, int] | None = None,
-                    region: tuple[float, float, float, float] | None = None) -> np.ndarray:
-        """MC-dropout variance of the coarse head's probability (0 outside the image)."""
+                    region: tuple[float, float, float, float] | None = None, **prompt) -> np.ndarray:
+        """MC-dropout variance of the coarse head's probability (0 outside the image and where the answer is
+        settled). Takes the prompts ``predict`` takes."""
         if not self._model.config.ugs:
             raise ValueError("This model has uncertainty-guided sampling switched off (config.ugs=False).")
-        return self._dense(box, out_shape, region, "uncertainty", lambda v: v.astype(np.float32))
+        return self._dense(box, out_shape, region, "uncertainty", lambda v: v.astype(np.float32), prompt)
 
-    def _dense(self, box, out_shape, region, what, finish) -> np.ndarray:
+    def _dense(self, box, out_shape, region, what, finish, prompt: dict) -> np.ndarray:
+        unknown = set(prompt) - {"points", "point_labels", "mask_prompt"}
+        if unknown:
+            raise TypeError(f"Unknown prompt arguments {sorted(unknown)}; use points, point_labels, mask_prompt.")
         with self._lock:
             region, out_shape = self._grid(region, out_shape)
-            feats, tau = self._box_state(box)
+            feats, tau = self._prompt_state(box, **prompt)
             ys, xs = pixel_centres(region, out_shape)
             h, w = self.image_hw
             iy, ix = (ys >= 0) & (ys < h), (xs >= 0) & (xs < w)

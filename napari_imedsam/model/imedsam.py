@@ -142,6 +142,15 @@ class IMedSAM(nn.Module):
         """boxes (B, 4) xyxy in input pixels -> box-conditioned feature maps and SAM's own logit."""
         return self.box_decoder(embedding, boxes)
 
+    def decode_prompt(self, embedding: torch.Tensor, boxes: torch.Tensor | None = None,
+                      points: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                      masks: torch.Tensor | None = None) -> BoxFeatures:
+        """Any mix of boxes (B, 4), clicks (B, N, 2) + labels (B, N) and a mask prompt (B, 1, M, M), all in
+        input pixels -> prompt-conditioned feature maps and SAM's own logit."""
+        if boxes is None and points is None:
+            raise ValueError("A prompt needs a box or at least one click.")
+        return self.box_decoder(embedding, boxes, points, labels, masks)
+
     def point_inputs(self, feats: BoxFeatures, points: torch.Tensor, valid_hw: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-point INR input (B, N, D) and the backbone's own logit at the point (B, N)."""
