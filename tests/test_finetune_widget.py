@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -11,9 +10,6 @@ import pytest
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 # ---- helpers ---------------------------------------------------------------------------------------------
 def ellipse_volume(n: int = 10, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -31,26 +27,23 @@ def ellipse_volume(n: int = 10, size: int = 64, seed: int = 0) -> tuple[np.ndarr
     return image, labels
 
 
-def setup(make_napari_viewer, tmp_path, n: int = 10, segment: bool = True):
-    """Viewer with the volume, its corrected labels, a Segment widget (tiny model) and the widget."""
-    viewer = make_napari_viewer()  # first: the plugin's triton guard checks what the viewer loaded
-    from napari_imedsam.widgets.finetune_widget import FinetuneWidget
+@pytest.fixture
+def scene(make_napari_viewer, tmp_path, segment_widget, finetune_widget):
+    """``scene(n=10, segment=True)``: a viewer with the volume, its corrected labels, a Segment widget (tiny
+    model) and the Fine-tune widget."""
 
-    image, labels = ellipse_volume(n)
-    viewer.add_image(image, name="scan")
-    viewer.add_labels(labels, name="truth")
-    seg = None
-    if segment:
-        from napari_imedsam.widgets.segment_widget import SegmentWidget
+    def build(n: int = 10, segment: bool = True):
+        viewer = make_napari_viewer()  # first: the plugin's triton guard checks what the viewer loaded
+        image, labels = ellipse_volume(n)
+        viewer.add_image(image, name="scan")
+        viewer.add_labels(labels, name="truth")
+        seg = segment_widget(viewer, adapters=False) if segment else None
+        w = finetune_widget(viewer, projects_root=tmp_path / "projects")
+        w.ui.image.setCurrentText("scan")
+        w.ui.labels.setCurrentText("truth")
+        return viewer, seg, w
 
-        seg = SegmentWidget(viewer)
-        viewer.window.add_dock_widget(seg, name="Segment (I-MedSAM)")
-        seg.load_model_now("tiny", adapters=False)
-    w = FinetuneWidget(viewer, projects_root=tmp_path / "projects")
-    viewer.window.add_dock_widget(w, name="Fine-tune (I-MedSAM)")
-    w.ui.image.setCurrentText("scan")
-    w.ui.labels.setCurrentText("truth")
-    return viewer, seg, w
+    return build
 
 
 def fast(w, steps: int, **advanced) -> None:
@@ -87,13 +80,13 @@ def adapters_equal(a, b) -> bool:
 
 # ---- 1 + 3: fine-tuning helps, the result is handed over and saved exactly ------------------------------------
 @pytest.mark.slow
-def test_finetune_improves_heldout_dice_and_hands_over(make_napari_viewer, tmp_path, qtbot):
+def test_finetune_improves_heldout_dice_and_hands_over(tmp_path, scene):
     from qtpy.QtCore import QTimer
 
     from napari_imedsam import Predictor, load_model
     from napari_imedsam.finetune.run import split_held_out
 
-    viewer, seg, w = setup(make_napari_viewer, tmp_path)
+    viewer, seg, w = scene()
     w.open_project(tmp_path / "proj")
     assert w.add_all_slices() == 10
     assert w.ui.pair_list.count() == 10 and "10 pairs: scan / truth, slices 0-9" in w.ui.pairs.text()
@@ -128,21 +121,16 @@ def test_finetune_improves_heldout_dice_and_hands_over(make_napari_viewer, tmp_p
     fresh = Predictor(load_model("tiny", adapters=project.path_of(out.version)), device="cpu")
     fresh.set_image(image, window=seg.current_window())
     np.testing.assert_array_equal(fresh.predict(box), expected)
-    if os.environ.get("IMEDSAM_SCREENSHOT"):
-        from qtpy.QtWidgets import QApplication
-
-        w.setMinimumSize(460, 920)
-        w.resize(460, 920)
-        QApplication.processEvents()
-        w.grab().save(str(ROOT / "docs" / "finetune_widget.png"))
+    shot = tmp_path / "finetune_widget.png"  # the docs picture comes from `imedsam-demo --screenshot docs`
+    assert w.ui.scroll.widget().grab().save(str(shot)) and shot.stat().st_size > 0
 
 
 # ---- 2: Stop ends the run quickly and keeps the best adapters ---------------------------------------------
 @pytest.mark.slow
-def test_stop_ends_quickly_and_keeps_best(make_napari_viewer, tmp_path, qtbot):
+def test_stop_ends_quickly_and_keeps_best(tmp_path, qtbot, scene):
     from napari_imedsam.model.adapters import read_adapter_file
 
-    viewer, seg, w = setup(make_napari_viewer, tmp_path, n=6)
+    viewer, seg, w = scene(n=6)
     w.open_project(tmp_path / "proj")
     w.add_all_slices()
     fast(w, steps=100000, val_every=2)
@@ -165,8 +153,8 @@ def test_stop_ends_quickly_and_keeps_best(make_napari_viewer, tmp_path, qtbot):
 
 
 # ---- 4: collected pairs survive closing the viewer ----------------------------------------------------------
-def test_pairs_survive_closing_the_viewer(make_napari_viewer, tmp_path):
-    viewer, _, w = setup(make_napari_viewer, tmp_path, n=4, segment=False)
+def test_pairs_survive_closing_the_viewer(tmp_path, scene):
+    viewer, _, w = scene(n=4, segment=False)
     viewer.dims.set_current_step(0, 2)
     assert w.add_current_slice() == 1  # no project chosen: the default one is made
     folder = w.project.root
@@ -176,15 +164,15 @@ def test_pairs_survive_closing_the_viewer(make_napari_viewer, tmp_path):
     listed = [w.ui.pair_list.item(i).text() for i in range(w.ui.pair_list.count())]
     assert len(listed) == 5
     viewer.close()
-    viewer2, _, w2 = setup(make_napari_viewer, tmp_path, n=4, segment=False)
+    viewer2, _, w2 = scene(n=4, segment=False)
     w2.open_project(folder)
     assert [w2.ui.pair_list.item(i).text() for i in range(w2.ui.pair_list.count())] == listed
     assert "5 pairs: scan / truth, slices 0-3" in w2.ui.pairs.text()
 
 
 # ---- 5: bad input and faults: a message each, never a traceback, folder consistent ---------------------------
-def test_bad_input_messages(make_napari_viewer, tmp_path, monkeypatch):
-    viewer, seg, w = setup(make_napari_viewer, tmp_path, n=4)
+def test_bad_input_messages(tmp_path, monkeypatch, scene):
+    viewer, seg, w = scene(n=4)
     assert not w.start_training()
     assert "No training pairs yet" in messages(w, "warning")
     # an empty slice
@@ -237,8 +225,8 @@ def test_bad_input_messages(make_napari_viewer, tmp_path, monkeypatch):
     assert w.last_outcome.status == "unchecked"
 
 
-def test_viewer_closed_during_training_stops_worker(make_napari_viewer, tmp_path, qtbot):
-    viewer, _, w = setup(make_napari_viewer, tmp_path, n=4)
+def test_viewer_closed_during_training_stops_worker(tmp_path, qtbot, scene):
+    viewer, _, w = scene(n=4)
     w.open_project(tmp_path / "proj")
     w.add_all_slices()
     fast(w, steps=100000, val_every=1)
@@ -253,7 +241,7 @@ def test_viewer_closed_during_training_stops_worker(make_napari_viewer, tmp_path
 
 
 # ---- adapters trained elsewhere, revert, mismatch -------------------------------------------------------------
-def test_load_adapters_and_revert(make_napari_viewer, tmp_path):
+def test_load_adapters_and_revert(tmp_path, scene):
     import copy
 
     import torch
@@ -261,7 +249,7 @@ def test_load_adapters_and_revert(make_napari_viewer, tmp_path):
     from napari_imedsam import load_model
     from napari_imedsam.model.adapters import save_adapters
 
-    viewer, seg, w = setup(make_napari_viewer, tmp_path, n=2)
+    viewer, seg, w = scene(n=2)
     w.open_project(tmp_path / "proj")
     original = seg.current_model()
     other = copy.deepcopy(original)
@@ -288,7 +276,7 @@ def test_load_adapters_and_revert(make_napari_viewer, tmp_path):
     folder_consistent(tmp_path / "proj")
 
 
-def test_worse_result_keeps_previous_adapters_until_chosen(make_napari_viewer, tmp_path, monkeypatch):
+def test_worse_result_keeps_previous_adapters_until_chosen(tmp_path, monkeypatch, scene):
     import torch
 
     import src_training.trainer as trainer
@@ -301,7 +289,7 @@ def test_worse_result_keeps_previous_adapters_until_chosen(make_napari_viewer, t
         return trainer.FitResult(0.0, 1, 1, False, [], {}, None)
 
     monkeypatch.setattr(trainer, "fit", worse_fit)
-    viewer, seg, w = setup(make_napari_viewer, tmp_path, n=5)
+    viewer, seg, w = scene(n=5)
     w.open_project(tmp_path / "proj")
     w.add_all_slices()
     before = seg.current_model()
@@ -315,13 +303,13 @@ def test_worse_result_keeps_previous_adapters_until_chosen(make_napari_viewer, t
     assert adapters_equal(seg.current_model(), out.model) and w.project.active == out.version
 
 
-def test_without_segment_widget_loads_its_own_model(make_napari_viewer, tmp_path, monkeypatch, qtbot):
+def test_without_segment_widget_loads_its_own_model(tmp_path, monkeypatch, qtbot, scene):
     from napari_imedsam import load_model
     from napari_imedsam.engine import model_loading
 
     monkeypatch.setattr(model_loading, "load", lambda *_a, **_k: model_loading.LoadedModel(
         load_model("tiny", adapters=None), "cpu", "tiny"))
-    viewer, _, w = setup(make_napari_viewer, tmp_path, n=3, segment=False)
+    viewer, _, w = scene(n=3, segment=False)
     w.open_project(tmp_path / "proj")
     w.add_all_slices()
     fast(w, steps=2)
@@ -352,8 +340,8 @@ def test_opens_from_manifest_and_defaults_beside_the_image(make_napari_viewer, t
 
 
 # ---- after a run: the objects the user did not correct are re-segmented with the new adapters -------------
-def test_resegment_redoes_only_the_uncorrected_objects(make_napari_viewer, tmp_path, qtbot):
-    viewer, seg, w = setup(make_napari_viewer, tmp_path, n=4)
+def test_resegment_redoes_only_the_uncorrected_objects(tmp_path, qtbot, scene):
+    viewer, seg, w = scene(n=4)
     image = viewer.layers["scan"]
     seg.select_image(image)
     viewer.dims.set_current_step(0, 1)
@@ -390,3 +378,13 @@ def test_resegment_redoes_only_the_uncorrected_objects(make_napari_viewer, tmp_p
     assert not (changed & ~((before == 2) | (masks.data[1] == 2))).any()
     seg.undo()  # one undo step restores the old mask of label 2
     np.testing.assert_array_equal(masks.data[1], before)
+
+
+def test_layers_are_chosen_by_reference(scene):
+    viewer, _, w = scene(n=2, segment=False)
+    viewer.add_labels(np.zeros((2, 64, 64), np.uint8), name="other")
+    viewer.layers["truth"].name = "corrected"  # renaming the chosen layer keeps it chosen
+    assert w.ui.labels.currentText() == "corrected" and w.ui.labels.currentData() is viewer.layers["corrected"]
+    viewer.dims.set_current_step(0, 1)
+    assert w.add_current_slice() == 1
+    assert [tuple(p.slice) for p in w.project.pairs] == [(1,)] and w.project.pairs[0].labels_layer == "corrected"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,16 +12,7 @@ import segment_anything  # noqa: E402, F401
 
 pytestmark = pytest.mark.gui
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 # ---- helpers ---------------------------------------------------------------------------------------------
-def disk_image(shape=(128, 160), centre=(60, 70), radius=25, rng=0) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    img = np.where((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2, 200.0, 20.0)
-    return (img + np.random.default_rng(rng).normal(0, 5, shape)).astype(np.float32)
-
-
 def rect(y0, x0, y1, x1, z=None) -> np.ndarray:
     """Rectangle vertices in data coordinates (pixel centres at integers)."""
     corners = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=float)
@@ -37,19 +26,6 @@ def litemedsam():
     return load_model("litemedsam", adapters=None)
 
 
-def make_widget(viewer, model=None, backbone="tiny", description="test model"):
-    from napari_imedsam.widgets.segment_widget import SegmentWidget
-
-    w = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Segment (I-MedSAM)")
-    assert w.wait_idle(10)
-    if model is not None:
-        w.apply_model(model, description)
-    else:
-        w.load_model_now(backbone)
-    return w
-
-
 def draw(widget, *rects):
     sess = widget.session()
     sess.boxes.add_rectangles(list(rects))
@@ -58,7 +34,7 @@ def draw(widget, *rects):
 
 
 # ---- 1. manifest -------------------------------------------------------------------------------------------
-def test_opens_from_manifest_and_finds_the_image(make_napari_viewer):
+def test_opens_from_manifest_and_finds_the_image(make_napari_viewer, disk_image):
     viewer = make_napari_viewer()
     viewer.add_image(disk_image(), name="scan")
     _dock, w = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment (I-MedSAM)")
@@ -84,10 +60,10 @@ def test_opens_from_manifest_and_finds_the_image(make_napari_viewer):
 
 
 # ---- 2. boxes, labels, undo/redo ---------------------------------------------------------------------------
-def test_box_commits_mask_inside_box_and_undo_redo(make_napari_viewer):
+def test_box_commits_mask_inside_box_and_undo_redo(make_napari_viewer, disk_image, segment_widget):
     viewer = make_napari_viewer()
     viewer.add_image(disk_image(), name="scan")
-    w = make_widget(viewer)
+    w = segment_widget(viewer)
     sess = draw(w, rect(30.5, 40.5, 90.5, 100.5))
     labels = sess.labels.data
     assert labels.shape == (128, 160)
@@ -112,10 +88,10 @@ def test_box_commits_mask_inside_box_and_undo_redo(make_napari_viewer):
 
 
 # ---- 3. high-resolution view -------------------------------------------------------------------------------
-def test_hires_view_follows_the_camera(make_napari_viewer, litemedsam):
+def test_hires_view_follows_the_camera(make_napari_viewer, litemedsam, disk_image, segment_widget):
     viewer = make_napari_viewer()
     viewer.add_image(disk_image(), name="scan")
-    w = make_widget(viewer, litemedsam)
+    w = segment_widget(viewer, litemedsam)
     sess = draw(w, rect(30.5, 40.5, 90.5, 100.5))
     low = sess.labels.data
     assert 0.8 < (low == 1).sum() / (np.pi * 25**2) < 1.2, "litemedsam segments the bright disk"
@@ -164,11 +140,12 @@ def blob_volume(nz=12, n=96, rng=0):
     return vol.astype(np.float32), inside
 
 
-def test_volume_box_writes_its_slice_and_propagation_stops_at_the_blob_end(make_napari_viewer, litemedsam):
+def test_volume_box_writes_its_slice_and_propagation_stops_at_the_blob_end(make_napari_viewer, litemedsam,
+                                                                           segment_widget):
     viewer = make_napari_viewer()
     vol, inside = blob_volume()
     viewer.add_image(vol, name="vol")
-    w = make_widget(viewer, litemedsam)
+    w = segment_widget(viewer, litemedsam)
     viewer.dims.set_current_step(0, 5)
     assert w.current_slice() == 5
     sess = draw(w, rect(22.5, 22.5, 73.5, 66.5, z=5))
@@ -189,7 +166,7 @@ def test_volume_box_writes_its_slice_and_propagation_stops_at_the_blob_end(make_
 
 
 # ---- 5. NIfTI round trip -------------------------------------------------------------------------------------
-def test_nifti_segment_export_2x_read_back(make_napari_viewer, litemedsam, tmp_path):
+def test_nifti_segment_export_2x_read_back(make_napari_viewer, litemedsam, tmp_path, segment_widget):
     import nibabel as nib
 
     from napari_imedsam.io.export import fine_affine
@@ -208,7 +185,7 @@ def test_nifti_segment_export_2x_read_back(make_napari_viewer, litemedsam, tmp_p
     viewer.open(str(src_path), plugin="napari-imedsam")
     layer = viewer.layers[0]
     assert layer.metadata["is_hu"] and layer.data.shape == (12, 96, 96)
-    w = make_widget(viewer, litemedsam)
+    w = segment_widget(viewer, litemedsam)
     assert w.ui.window.currentText() == "abdomen" and w.current_window() == (-125.0, 275.0)
     viewer.dims.set_current_step(0, 5)
     ys, xs = np.nonzero(layer.data[5] > 0)
@@ -257,10 +234,10 @@ def _has(notes, level, *words):
     return any(lv == level and all(w.lower() in m.lower() for w in words) for lv, m in notes)
 
 
-def test_box_partly_outside_is_clipped_and_zero_area_ignored(make_napari_viewer, notes):
+def test_box_partly_outside_is_clipped_and_zero_area_ignored(make_napari_viewer, notes, disk_image, segment_widget):
     viewer = make_napari_viewer()
     viewer.add_image(disk_image(), name="scan")
-    w = make_widget(viewer)
+    w = segment_widget(viewer)
     sess = draw(w, rect(-20.5, -30.5, 40.5, 50.5))
     assert _has(notes, "info", "clipped")
     assert sess.labels.data.any() and not sess.labels.data[41:].any() and not sess.labels.data[:, 51:].any()
@@ -273,10 +250,10 @@ def test_box_partly_outside_is_clipped_and_zero_area_ignored(make_napari_viewer,
     assert len(sess.store.objects) == 1
 
 
-def test_unsupported_layers_are_refused_with_a_message(make_napari_viewer, notes):
+def test_unsupported_layers_are_refused_with_a_message(make_napari_viewer, notes, segment_widget):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((2, 3, 32, 32), np.float32), name="4d")
-    w = make_widget(viewer)
+    w = segment_widget(viewer)
     assert _has(notes, "warning", "4d", "not supported") or _has(notes, "warning", "4 spatial dimensions")
     assert w.session() is None
     viewer.add_image(np.zeros((64, 64, 2), np.float32), name="two-channel")
@@ -285,11 +262,11 @@ def test_unsupported_layers_are_refused_with_a_message(make_napari_viewer, notes
     assert w.session() is None
 
 
-def test_result_goes_to_its_slice_even_if_the_view_moves(make_napari_viewer, notes):
+def test_result_goes_to_its_slice_even_if_the_view_moves(make_napari_viewer, notes, segment_widget):
     viewer = make_napari_viewer()
     vol, _ = blob_volume()
     viewer.add_image(vol, name="vol")
-    w = make_widget(viewer)
+    w = segment_widget(viewer)
     viewer.dims.set_current_step(0, 5)
     sess = w.session()
     sess.boxes.add_rectangles([rect(22.5, 22.5, 73.5, 66.5, z=5)])
@@ -305,7 +282,7 @@ def test_result_goes_to_its_slice_even_if_the_view_moves(make_napari_viewer, not
     assert not sess.labels.data[2].any()
 
 
-def test_model_errors_name_the_file_and_backbone(make_napari_viewer, notes, tmp_path):
+def test_model_errors_name_the_file_and_backbone(make_napari_viewer, notes, tmp_path, disk_image):
     from napari_imedsam.engine.model_loading import ModelLoadError
 
     viewer = make_napari_viewer()
@@ -332,60 +309,47 @@ def test_model_errors_name_the_file_and_backbone(make_napari_viewer, notes, tmp_
     assert _has(notes, "warning", "not segmented")
 
 
-def test_absent_device_falls_back_with_a_notice(make_napari_viewer, notes, monkeypatch):
+def test_absent_device_falls_back_with_a_notice(make_napari_viewer, notes, monkeypatch, disk_image, segment_widget):
     from napari_imedsam.engine import model_loading
 
     monkeypatch.setattr(model_loading, "available_devices", lambda: ["cpu"])
     viewer = make_napari_viewer()
     viewer.add_image(disk_image(), name="scan")
-    w = make_widget(viewer, backbone="tiny")
+    w = segment_widget(viewer, backbone="tiny")
     w.load_model_now("tiny", device="cuda")
     assert _has(notes, "warning", "cuda", "not available", "cpu")
     assert str(w.predictor.device) == "cpu"
 
 
-# ---- 7. screenshot for the docs ---------------------------------------------------------------------------------
+# ---- 7. screenshots (the docs pictures are made by `imedsam-demo --screenshot docs`, with the same code) ----------
 @pytest.mark.slow
-def test_screenshot_retina(make_napari_viewer, litemedsam):
-    from skimage import data
-    from skimage.io import imsave
+def test_screenshot_retina(make_napari_viewer, litemedsam, segment_widget, tmp_path):
+    from skimage.io import imread
+
+    from napari_imedsam.demo import segment_pictures
 
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
-    viewer.add_image(data.retina(), name="retina", rgb=True)
-    w = make_widget(viewer, litemedsam, description="litemedsam, plain backbone, on cpu")
-    w.book.set_name(1, "optic disc")
-    sess = draw(w, rect(559.5, 149.5, 709.5, 299.5))
-    assert (sess.labels.data == 1).sum() > 3000
-    w.camera.center = (0.0, 640.0, 230.0)
-    w.camera.zoom = 3.0
-    assert w.wait_idle(60)
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-        toast.close()
-    shot = viewer.screenshot(canvas_only=False, flash=False)
-    imsave(docs / "segment_widget.png", shot, check_contrast=False)
-    # close-up: image pixels (blocky masks layer) under the INR outline rendered at screen resolution
-    ys, xs = np.nonzero(sess.labels.data == 1)
-    r = np.sqrt(ys.size / np.pi)
-    w.camera.center = (0.0, ys.mean() - 0.7 * r, xs.mean() + 0.7 * r)  # on the upper-right boundary
-    w.camera.zoom = 14.0
-    assert w.wait_idle(60)
+    w = segment_widget(viewer, litemedsam, description="litemedsam, plain backbone, on cpu")
+    shots = segment_pictures(viewer, w, tmp_path, timeout=60)
+    assert [p.name for p in shots] == ["segment_widget.png", "segment_widget_zoom.png"]
+    assert all(p.parent == tmp_path and p.is_file() for p in shots)
+    sess = w.session()
+    assert sess.image.name == "retina" and (sess.labels.data == 1).sum() > 3000
+    assert w.book.name_of(1) == "optic disc"
+    # the close-up: image pixels (blocky masks layer) under the INR outline rendered at screen resolution
     assert sess.hires.scale[0] == pytest.approx(1 / 14, rel=1e-3)
-    imsave(docs / "segment_widget_zoom.png", viewer.screenshot(canvas_only=True, flash=False), check_contrast=False)
+    assert imread(shots[1]).std() > 5
 
 
 # ---- more features: contours, uncertainty, the fine-tune contract, shortcuts ------------------------------------
-def test_contours_uncertainty_and_model_swap(make_napari_viewer, qtbot):
+def test_contours_uncertainty_and_model_swap(make_napari_viewer, qtbot, disk_image, segment_widget):
     from napari_imedsam import load_model
 
     viewer = make_napari_viewer()
     viewer.add_image(disk_image(), name="scan")
     model = load_model("tiny", adapters=None, residual=False)  # a coarse head with signal: nonzero MC variance
-    w = make_widget(viewer, model)
+    w = segment_widget(viewer, model)
     sess = draw(w, rect(30.5, 40.5, 90.5, 100.5))
     w.trace_contours(4)
     assert w.wait_idle(60)
@@ -410,14 +374,14 @@ def test_contours_uncertainty_and_model_swap(make_napari_viewer, qtbot):
     assert w.current_window() is None and w.image_layer() is viewer.layers["scan"]
 
 
-def test_keyboard_shortcuts_are_bound(make_napari_viewer):
+def test_keyboard_shortcuts_are_bound(make_napari_viewer, disk_image, segment_widget):
     from napari.utils.key_bindings import coerce_keybinding
 
     from napari_imedsam.widgets.shortcuts import SHORTCUTS, markdown_table
 
     viewer = make_napari_viewer()
     viewer.add_image(disk_image(), name="scan")
-    w = make_widget(viewer)
+    w = segment_widget(viewer)
     sess = draw(w, rect(30.5, 40.5, 90.5, 100.5))
     for target in (viewer, sess.boxes):
         for key, *_ in SHORTCUTS:
@@ -432,10 +396,10 @@ def test_keyboard_shortcuts_are_bound(make_napari_viewer):
     assert "| Ctrl+Z |" in markdown_table()
 
 
-def test_moving_a_box_resegments_its_object(make_napari_viewer):
+def test_moving_a_box_resegments_its_object(make_napari_viewer, disk_image, segment_widget):
     viewer = make_napari_viewer()
     viewer.add_image(disk_image(), name="scan")
-    w = make_widget(viewer)
+    w = segment_widget(viewer)
     sess = draw(w, rect(30.5, 40.5, 90.5, 100.5), rect(5.5, 110.5, 40.5, 150.5))
     labels = sess.labels.data
     before = labels.copy()
@@ -451,14 +415,78 @@ def test_moving_a_box_resegments_its_object(make_napari_viewer):
     np.testing.assert_array_equal(labels, before)
 
 
-def test_3d_display_is_refused_politely(make_napari_viewer):
+def test_3d_display_is_refused_politely(make_napari_viewer, segment_widget):
     viewer = make_napari_viewer()
     vol, _ = blob_volume()
     viewer.add_image(vol, name="vol")
-    w = make_widget(viewer)
+    w = segment_widget(viewer)
     viewer.dims.ndisplay = 3
     sess = w.session()
     sess.boxes.add_rectangles([rect(22.5, 22.5, 73.5, 66.5, z=5)])
     assert w.wait_idle(30)
     assert any("2-D" in m for m in w.notifier.messages("warning"))
     assert not sess.labels.data.any()
+
+
+# ---- a newcomer's first minutes: the model loads as the widget opens; the status line follows the image -----------
+def test_model_starts_loading_when_the_widget_is_shown(make_napari_viewer, disk_image, monkeypatch):
+    import threading
+
+    from napari_imedsam import load_model
+    from napari_imedsam.engine import model_loading
+    from napari_imedsam.widgets.segment_widget import SegmentWidget
+
+    release, asked = threading.Event(), []
+
+    def slow_load(backbone, *_args):
+        asked.append(backbone)
+        release.wait(30)
+        return model_loading.LoadedModel(load_model("tiny"), "cpu", "tiny (for the test)")
+
+    monkeypatch.setattr(model_loading, "load", slow_load)
+    viewer = make_napari_viewer()
+    viewer.add_image(disk_image(), name="scan")
+    w = SegmentWidget(viewer)
+    assert not w.workers.running and w.predictor is None  # not shown yet: nothing loads
+    w.show()
+    assert not w.wait_idle(0.5)  # the loader runs in a worker ...
+    assert asked == ["litemedsam"] and w.ui.model_status.text().startswith("loading litemedsam")
+    sess = w.session()
+    sess.boxes.add_rectangles([rect(30.5, 40.5, 90.5, 100.5)])  # ... the first box waits for it, not longer
+    assert not sess.labels.data.any()
+    release.set()
+    assert w.wait_idle(60)
+    assert asked == ["litemedsam"] and w.predictor is not None and sess.labels.data.any()
+    assert "tiny (for the test)" in w.ui.model_status.text()
+    w.close()
+
+
+def test_status_line_follows_the_current_image(make_napari_viewer, disk_image, segment_widget):
+    viewer = make_napari_viewer()
+    viewer.add_image(disk_image(), name="one")
+    viewer.add_image(disk_image(radius=15, seed=1), name="two")
+    w = segment_widget(viewer)
+    w.select_image(viewer.layers["one"])
+    draw(w, rect(30.5, 40.5, 90.5, 100.5))
+    line = w.ui.status.text()
+    assert line.startswith("high-res view") or line.startswith("label 1"), line
+    w.select_image(viewer.layers["two"])
+    assert w.wait_idle(30)
+    assert w.ui.status.text() == ""  # nothing segmented on this image yet: not the other image's numbers
+    w.select_image(viewer.layers["one"])
+    assert w.ui.status.text() == line
+
+
+def test_both_widgets_share_the_viewers_model_and_workers(make_napari_viewer, segment_widget, finetune_widget,
+                                                          tiny_model):
+    from napari_imedsam.widgets.services import for_viewer
+
+    viewer = make_napari_viewer()
+    seg = segment_widget(viewer, tiny_model)
+    tune = finetune_widget(viewer)
+    services = for_viewer(viewer)
+    assert tune.holder is seg.holder is services.model and tune.workers is seg.workers is services.workers
+    assert tune.segment_widget() is seg and tune.current_model() is tiny_model
+    assert for_viewer(make_napari_viewer()) is not services  # one per viewer
+    seg.close()
+    assert tune.segment_widget() is None and tune.current_model() is tiny_model  # the model stays with the viewer

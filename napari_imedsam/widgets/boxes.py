@@ -6,19 +6,18 @@ time the worker finishes. Moving or resizing a box re-segments its object."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..engine.history import paste_mask
 from ..engine.objects import SegObject
 from ..engine.viewport import clip_box, pixel_bbox, rectangle_to_box
-from .layers import LayerSession, image_hw, label_color, layer_alive, to_image_data
-
-if TYPE_CHECKING:
-    from .segment_widget import SegmentWidget
+from . import shortcuts
+from .context import SegmentContext
+from .layers import LayerSession, image_hw, label_color, to_image_data
 
 MIN_SIDE = 0.5  # image pixels: a smaller side is a click, not a box
 
@@ -31,28 +30,33 @@ class BoxJob:
     protect: frozenset[int] = frozenset()  # labels whose pixels this mask must not paint over
 
 
-class BoxController:
-    def __init__(self, widget: SegmentWidget):
-        self.w = widget
+class BoxController(QObject):
+    """Signals: ``committed(session)`` after a mask was written, ``status(session, text)`` for the status
+    line, ``label_taken()`` when a new box took the next label id."""
+
+    committed = Signal(object)
+    status = Signal(object, str)
+    label_taken = Signal()
+
+    def __init__(self, ctx: SegmentContext, actions: Mapping[str, Callable[[], None]], parent=None):
+        super().__init__(parent)
+        self.ctx = ctx
+        self.actions = actions  # shortcuts bound on every boxes layer (napari key -> callable)
         self.pending: list[BoxJob] = []  # waiting for the model to load
-        self.committed = 0
+        self.done = 0  # masks committed (tests, scripts)
         self._watched: list[tuple] = []  # (layer, callback, keys bound on it)
 
     def watch(self, sess: LayerSession) -> None:
         """Segment every rectangle added to (or moved on) this session's boxes layer; bind the shortcuts."""
-        from . import shortcuts
-
         sess.seen_boxes = len(sess.boxes.data)
 
         def callback(event, sess=sess):
             self.on_data(sess, event)
 
         sess.boxes.events.data.connect(callback)
-        self._watched.append((sess.boxes, callback, shortcuts.bind(sess.boxes, self.w)))
+        self._watched.append((sess.boxes, callback, shortcuts.bind(sess.boxes, self.actions)))
 
     def unwatch_all(self) -> None:
-        from . import shortcuts
-
         for layer, callback, keys in self._watched:
             layer.events.data.disconnect(callback)
             shortcuts.unbind(layer, keys)
@@ -98,7 +102,7 @@ class BoxController:
         layer = sess.boxes
 
         def remove() -> None:
-            if layer_alive(self.w.viewer, layer) and i < len(layer.data):
+            if self.ctx.alive_layer(layer) and i < len(layer.data):
                 layer.selected_data = {i}
                 layer.remove_selected()
 
@@ -106,15 +110,15 @@ class BoxController:
 
     # ---- jobs -------------------------------------------------------------------------------------------------
     def submit(self, sess: LayerSession, i: int, changed: bool = False) -> None:
-        w = self.w
+        ctx = self.ctx
         boxes = sess.boxes
-        problem = w.view_problem()
+        problem = ctx.view_problem()
         if problem:
-            w.notifier.warning(f"Box not segmented: {problem}")
+            ctx.notifier.warning(f"Box not segmented: {problem}")
             return
         if boxes.shape_type[i] != "rectangle":
             if not changed:
-                w.notifier.warning(f"Only rectangles are box prompts; the {boxes.shape_type[i]} was ignored "
+                ctx.notifier.warning(f"Only rectangles are box prompts; the {boxes.shape_type[i]} was ignored "
                                    "(press R on the boxes layer for rectangle mode).")
             return
         verts = np.asarray(boxes.data[i], dtype=float)
@@ -122,7 +126,7 @@ class BoxController:
             img_verts = to_image_data(boxes, sess.image, verts)
             z = int(np.round(img_verts[0, 0])) if sess.volume else None
         else:  # a 2-D boxes layer over a volume: the slice shown
-            img_verts, z = verts, w.current_slice()
+            img_verts, z = verts, ctx.current_slice()
         box = rectangle_to_box(img_verts[:, -2:])
         hw = image_hw(sess.image)
         old_uid = self._feature(sess, i, "uid") if changed else 0
@@ -130,17 +134,17 @@ class BoxController:
         if changed and replaces is None:
             return
         if min(box[2] - box[0], box[3] - box[1]) < MIN_SIDE:
-            w.notifier.info(f"Box {tuple(round(v, 1) for v in box)} has (almost) zero area: drag to draw a box. "
+            ctx.notifier.info(f"Box {tuple(round(v, 1) for v in box)} has (almost) zero area: drag to draw a box. "
                             "Ignored.")
             if not changed:
                 self._discard_shape(sess, i)
             return
         if z is not None and not 0 <= z < sess.image.data.shape[0]:
-            w.notifier.warning(f"The box lies on slice {z}, outside the volume; ignored.")
+            ctx.notifier.warning(f"The box lies on slice {z}, outside the volume; ignored.")
             return
         clipped = clip_box(box, hw)
         if clipped is None:
-            w.notifier.warning(f"Box {tuple(round(v, 1) for v in box)} lies outside the {hw[1]}x{hw[0]} image; "
+            ctx.notifier.warning(f"Box {tuple(round(v, 1) for v in box)} lies outside the {hw[1]}x{hw[0]} image; "
                                "ignored.")
             if not changed:
                 self._discard_shape(sess, i)
@@ -148,17 +152,22 @@ class BoxController:
         if replaces is not None and replaces.slice == z and np.allclose(clipped, replaces.box):
             return  # the layer reported a change, but this box did not move
         if not np.allclose(clipped, box):
-            w.notifier.info(f"Box clipped to the image: {tuple(round(v, 1) for v in clipped)}.")
-        label = replaces.label if replaces is not None else w.take_label(sess)
+            ctx.notifier.info(f"Box clipped to the image: {tuple(round(v, 1) for v in clipped)}.")
+        label = replaces.label if replaces is not None else self._take_label(sess)
         obj = sess.store.new(label, clipped, z)
         self._set_features(sess, i, label, obj.uid)
         self.queue(BoxJob(sess, obj, replaces))
 
+    def _take_label(self, sess: LayerSession) -> int:
+        label = self.ctx.book.take(used=sess.store.labels())
+        self.label_taken.emit()
+        return label
+
     def queue(self, job: BoxJob) -> None:
         """Run ``job`` now, or once the model has loaded."""
-        if self.w.segmenter is None:
+        if self.ctx.segmenter is None:
             self.pending.append(job)
-            self.w.start_loading()
+            self.ctx.request_model()
             return
         self.run(job)
 
@@ -173,10 +182,10 @@ class BoxController:
         return len(objs)
 
     def run(self, job: BoxJob) -> None:
-        w = self.w
-        src = w.slice_image(job.sess.image, job.obj.slice)
-        w.workers.start(w.segmenter.box_logits, src, job.obj.box,
-                        desc=f"Segmenting {w.book.name_of(job.obj.label)}",
+        ctx = self.ctx
+        src = ctx.slice_image(job.sess.image, job.obj.slice)
+        ctx.start(ctx.segmenter.box_logits, src, job.obj.box,
+                        desc=f"Segmenting {ctx.book.name_of(job.obj.label)}",
                         on_return=lambda res: self.commit(job, res),
                         on_error=lambda exc: self.failed(job, exc))
 
@@ -187,25 +196,25 @@ class BoxController:
 
     def drop_pending(self, reason: str) -> None:
         if self.pending:
-            self.w.notifier.warning(f"{len(self.pending)} box(es) were not segmented: {reason}")
+            self.ctx.notifier.warning(f"{len(self.pending)} box(es) were not segmented: {reason}")
         self.pending = []
 
     def failed(self, job: BoxJob, exc: BaseException) -> None:
         if isinstance(exc, ValueError):
-            self.w.notifier.warning(f"Box not segmented: {exc}")
+            self.ctx.notifier.warning(f"Box not segmented: {exc}")
         else:
-            self.w.notifier.error(f"Segmenting the box failed: {type(exc).__name__}: {exc}")
+            self.ctx.notifier.error(f"Segmenting the box failed: {type(exc).__name__}: {exc}")
 
     def commit(self, job: BoxJob, result) -> None:
         """Write the mask of a finished job into its own image's masks layer, at its own slice."""
-        w, sess, obj = self.w, job.sess, job.obj
-        if not layer_alive(w.viewer, sess.image):
-            w.notifier.warning(f"The image of this box was removed while it was segmented; result of label "
+        ctx, sess, obj = self.ctx, job.sess, job.obj
+        if not ctx.alive_layer(sess.image):
+            ctx.notifier.warning(f"The image of this box was removed while it was segmented; result of label "
                                f"{obj.label} dropped.")
             return
         logits, (r0, r1, c0, c1) = result
         mask = logits > 0
-        labels = w.ensure_labels(sess)
+        labels = ctx.ensure_labels(sess)
         removed = [job.replaces] if job.replaces is not None and job.replaces in sess.store.objects else []
         if removed:  # the patch must also cover where the old box's mask was
             q0, q1, p0, p1 = pixel_bbox(removed[0].box, image_hw(sess.image))
@@ -223,11 +232,11 @@ class BoxController:
         sess.history.commit(labels.data, index, new, meta={"added": [obj], "removed": removed})
         sess.store.apply({"added": [obj], "removed": removed}, undo=False)
         sess.current = obj
-        self.committed += 1
+        self.done += 1
         labels.refresh()
         where = "" if obj.slice is None else f" on slice {obj.slice}"
         if not mask.any():
-            w.notifier.warning(f"The model found no object in the box of label {obj.label}{where}; try a tighter "
+            ctx.notifier.warning(f"The model found no object in the box of label {obj.label}{where}; try a tighter "
                                "box or another window.")
-        w.show_status(f"label {obj.label} ({w.book.name_of(obj.label)}){where}: {int(mask.sum())} px")
-        w.after_commit(sess)
+        self.status.emit(sess, f"label {obj.label} ({ctx.book.name_of(obj.label)}){where}: {int(mask.sum())} px")
+        self.committed.emit(sess)

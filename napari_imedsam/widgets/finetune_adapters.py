@@ -13,8 +13,8 @@ from ..finetune.run import FinetuneError
 
 
 class AdapterVersions:
-    """Needs ``project``, ``ui.versions``, ``notifier``, ``current_model()``, ``_apply()``, ``is_training``,
-    ``ensure_project()`` and ``_refresh_project()`` from the widget."""
+    """Needs ``project``, ``ui.versions``, ``ui.image``, ``_chosen()``, ``notifier``, ``current_model()``, ``_apply()``,
+    ``is_training``, ``ensure_project()`` and ``_refresh_project()`` from the widget."""
 
     def _activate_selected(self) -> None:
         number = self.ui.versions.currentData()
@@ -61,8 +61,7 @@ class AdapterVersions:
 
     def load_adapters_file(self, path: str | Path) -> bool:
         """Check an adapters file against the model, copy it into the project as a version, activate it."""
-        image = self.viewer.layers[self.ui.image.currentText()] if self.ui.image.currentText() else None
-        project = self.ensure_project(image)
+        project = self.ensure_project(self._chosen(self.ui.image))
         if project is None:
             return False
         try:

@@ -22,7 +22,7 @@ from ..finetune.run import default_parts
 from ..model.device import available_devices
 from ..model.imedsam import PART_NAMES
 from .loss_plot import LossPlot
-from .panels import _button, _row
+from .panels import _button, _row, scrolled
 
 PART_LABELS = {"lora": "LoRA", "fa": "FA", "decoder": "upscaling", "mask_decoder": "mask decoder", "inr": "INR"}
 
@@ -36,7 +36,9 @@ def _label(text: str) -> QLabel:
 def build(parent: QWidget) -> SimpleNamespace:
     """Create every control inside ``parent`` and return them by name."""
     ui = SimpleNamespace()
-    outer = QVBoxLayout(parent)
+    # asks for less height than its controls: docked under the Segment widget on a 1080 px screen, both
+    # show their main controls (the rest scrolls)
+    outer, ui.scroll = scrolled(parent, max_hint=380)
 
     g = QGroupBox("Project folder (pairs and adapters are saved at once)")
     f = QVBoxLayout(g)

@@ -40,6 +40,7 @@ class LayerSession:
     history: History = field(default_factory=History)
     seen_boxes: int = 0
     current: Any = None  # the SegObject last committed or selected
+    status: str = ""  # the widget's status line for this image (the last commit, render, ...)
 
     @property
     def volume(self) -> bool:
@@ -146,9 +147,10 @@ def layer_alive(viewer, layer) -> bool:
 
 
 # ---- creating and ordering the layers of a session -------------------------------------------------------------
-def find_layer(viewer, name: str, kind: str, shape: tuple | None = None):
-    """An existing layer to adopt: same name and type (and data shape, if given)."""
-    return next((lay for lay in viewer.layers if lay.name == name and lay.__class__.__name__ == kind
+def find_layer(viewer, name: str, kind: type, shape: tuple | None = None):
+    """An existing layer to adopt (e.g. after the widget was closed and opened again): an instance of
+    ``kind`` with this name (and data shape, if given)."""
+    return next((lay for lay in viewer.layers if lay.name == name and isinstance(lay, kind)
                  and (shape is None or tuple(lay.data.shape) == shape)), None)
 
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -42,10 +45,49 @@ def _button(text: str, tip: str) -> QPushButton:
     return b
 
 
+class VerticalScroll(QScrollArea):
+    """Scrolls up and down only: as wide as its controls need (whatever style napari applies later), and
+    content with being short (both dock widgets share the height of a 1080 px screen)."""
+
+    MIN_HEIGHT = 320  # two docks stacked (napari may give one all the space it can) fit on a 768 px screen
+
+    def __init__(self, max_hint: int = 100000):
+        super().__init__()
+        self.max_hint = max_hint  # the height asked for, at most (a dock next to another one shares)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+
+    def _width(self, hint) -> int:
+        return hint.width() + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        inner = self.widget()
+        return QSize(self._width(inner.minimumSizeHint()), self.MIN_HEIGHT) if inner else super().minimumSizeHint()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        inner = self.widget()
+        if inner is None:
+            return super().sizeHint()
+        return QSize(self._width(inner.minimumSizeHint()), min(self.max_hint, inner.sizeHint().height()))
+
+
+def scrolled(parent: QWidget, max_hint: int = 100000) -> tuple[QVBoxLayout, QScrollArea]:
+    """A vertical layout in a scroll area that fills ``parent``: a dock can be shorter than its controls
+    and scrolls instead of growing the window."""
+    outer = QVBoxLayout(parent)
+    outer.setContentsMargins(0, 0, 0, 0)
+    area = VerticalScroll(max_hint)
+    inner = QWidget()
+    area.setWidget(inner)
+    outer.addWidget(area)
+    return QVBoxLayout(inner), area
+
+
 def build(parent: QWidget) -> SimpleNamespace:
     """Create every control inside ``parent`` and return them by name."""
     ui = SimpleNamespace()
-    outer = QVBoxLayout(parent)
+    outer, ui.scroll = scrolled(parent)
 
     # image and model ---------------------------------------------------------------------------------
     g = QGroupBox("Image and model")

@@ -1,51 +1,46 @@
 """The "Segment (I-MedSAM)" dock widget: box prompts -> masks, a high-resolution INR view, uncertainty,
-contours, 3-D propagation and export. Thin: the math lives in ``napari_imedsam.engine``.
+contours, 3-D propagation and export. Thin: the math lives in ``napari_imedsam.engine``; the model, the
+workers and the notifier are the viewer's (``services.py``), shared with the Fine-tune widget.
 
 Public API (used by the fine-tune widget, the demo script and tests)::
 
-    w = SegmentWidget(viewer)
+    w = SegmentWidget(viewer)               # starts loading the chosen model when it is first shown
     w.load_model_now("litemedsam")          # synchronous; the GUI loads in a worker
     w.predictor, w.current_model(), w.apply_model(model, "new adapters"), w.model_changed (Qt signal)
-    w.image_layer(), w.current_window(), w.wait_idle(timeout), w.is_idle()
+    w.image_layer(), w.current_slice(), w.current_window(), w.wait_idle(timeout), w.is_idle()
     w.undo(), w.redo(), w.clear_object(), w.propagate("both"), w.trace_contours(4), w.export_masks(path, 2)
 """
 
 from __future__ import annotations
 
-from qtpy.QtCore import QTimer, Signal
+from napari.layers import Shapes
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from ..engine import model_loading, windows
-from ..engine.objects import SegObject
-from ..engine.predictor import Predictor
-from ..engine.segmenter import Segmenter, SliceImage
+from ..engine import windows
 from . import panels, shortcuts
 from .boxes import BoxController
+from .context import SegmentContext
 from .hires_view import HiResView
+from .image_sessions import ImageSessions
 from .label_book import LabelBook
 from .layers import (
     LayerSession,
-    add_layer_keeping_active,
     arrange_layers,
     base_data,
     find_layer,
+    label_color,
     layer_alive,
-    load_slice,
     new_boxes_layer,
-    new_labels_layer,
-    same,
     slice_of_world,
-    unsupported_reason,
     unwrap,
 )
 from .objects import ObjectActions
+from .services import for_viewer
 from .volume_tools import VolumeTools
-from .workers import Notifier, WorkerTracker
 
 
 class SegmentWidget(QWidget):
-    model_changed = Signal()
-
     def __init__(self, napari_viewer):
         super().__init__()
         # napari hands plugin widgets a PublicOnlyProxy of the viewer; work on the viewer itself (only its
@@ -53,39 +48,59 @@ class SegmentWidget(QWidget):
         self.viewer = unwrap(napari_viewer)
         scene = getattr(napari_viewer, "scene", None)
         self.camera = scene.camera if scene is not None else napari_viewer.camera
-        self.predictor: Predictor | None = None
-        self.segmenter: Segmenter | None = None
-        self.notifier = Notifier()
+        self.services = for_viewer(self.viewer)
+        self.holder, self.notifier, self.workers = self.services.model, self.services.notifier, self.services.workers
         self._alive = True
-        self.workers = WorkerTracker(self.notifier, alive=lambda: self._alive, parent=self)
         self.book = LabelBook()
-        self._sessions: dict[int, LayerSession] = {}
-        self._model_serial = 0
-        self._load_serial = 0
-        self._loading = None
-        self._device = "auto"
         self.ui = panels.build(self)
+        self.images = ImageSessions(self.viewer, self.ui.image, self.notifier, self)
         self.setToolTip(shortcuts.tooltip())
-        self.boxes = BoxController(self)
-        self.objects = ObjectActions(self)
-        self.hires = HiResView(self)
-        self.tools = VolumeTools(self)
-        self._setup_timer = QTimer(self)
-        self._setup_timer.setSingleShot(True)
-        self._setup_timer.timeout.connect(self._on_image_changed)
-        self.workers.timers.append(self._setup_timer)
+        self.ctx = SegmentContext(self.viewer, self.camera, self.notifier, self.workers, self.holder, self.book,
+                                  session=self.session, current_slice=self.current_slice,
+                                  current_window=self.current_window, view_problem=self.view_problem,
+                                  request_model=self.start_loading, alive=self.is_alive)
+        self.objects = ObjectActions(self.ctx, self)
+        self.shortcut_actions = {
+            "Control-Z": self.undo, "Control-Shift-Z": self.redo, "Shift-N": self.objects.next_object,
+            "Shift-X": self.clear_object, "Shift-H": self.toggle_hires, "Shift-U": self.ui.uncertainty.toggle,
+            "Shift-T": lambda: self.propagate("both"), "Shift-O": self.trace_contours, "Shift-W": self.cycle_window,
+        }
+        self.boxes = BoxController(self.ctx, self.shortcut_actions, self)
+        self.hires = HiResView(self.ctx, self)
+        self.tools = VolumeTools(self.ctx, self)
+        self._timers = [QTimer(self), QTimer(self)]
+        self._setup_timer, self._preload_timer = self._timers
+        for timer, slot in zip(self._timers, (self._on_image_changed, self._preload)):
+            timer.setSingleShot(True)
+            timer.timeout.connect(slot)
+            self.workers.watch_timer(timer)
+        self._shown_once = False
         self._connect()
-        self._viewer_keys = shortcuts.bind(self.viewer, self)
+        self._viewer_keys = shortcuts.bind(self.viewer, self.shortcut_actions)
+        self.services.set_segment_widget(self)
         self.destroyed.connect(lambda *_: self.shutdown())
-        self._refresh_images()
+        self.ui.model_status.setText(self.holder.status)
+        self.images.refresh()
 
     # ---- wiring --------------------------------------------------------------------------------------------
     def _connect(self) -> None:
-        ui, v = self.ui, self.viewer
-        v.layers.events.inserted.connect(self._refresh_images)
-        v.layers.events.removed.connect(self._on_layer_removed)
+        ui, v, h = self.ui, self.viewer, self.holder
+        v.layers.events.inserted.connect(self.images.refresh)
+        v.layers.events.removed.connect(self.images.on_layer_removed)
         v.dims.events.current_step.connect(self._on_slice_changed)
-        ui.image.currentIndexChanged.connect(lambda _: self._setup_timer.start(0))
+        self._holder_slots = ((h.model_changed, self._on_model_changed), (h.status_changed, ui.model_status.setText),
+                              (h.load_failed, self._on_load_failed))
+        for signal, slot in self._holder_slots:
+            signal.connect(slot)
+        for helper in (self.boxes, self.objects):
+            helper.committed.connect(self._after_commit)
+        for helper in (self.boxes, self.hires, self.tools):
+            helper.status.connect(self._show_status)
+        self.boxes.label_taken.connect(self._sync_labels)
+        self.objects.labels_changed.connect(self._sync_labels)
+        self.tools.progress.connect(self._on_propagation_progress)
+        self.tools.propagated.connect(self.hires.request)
+        self.images.selection_changed.connect(lambda: self._setup_timer.start(0))
         ui.load.clicked.connect(lambda: self.start_loading(force=True))
         ui.checkpoint_browse.clicked.connect(
             lambda: self._browse(ui.checkpoint, "Checkpoint (*.pth *.pt *.safetensors)"))
@@ -93,7 +108,7 @@ class SegmentWidget(QWidget):
         ui.window.currentTextChanged.connect(self._on_window_changed)
         ui.window_lo.valueChanged.connect(self._on_window_changed)
         ui.window_hi.valueChanged.connect(self._on_window_changed)
-        ui.label.valueChanged.connect(self.objects.on_label_spin)
+        ui.label.valueChanged.connect(self._on_label_spin)
         ui.auto_increment.toggled.connect(lambda on: setattr(self.book, "auto_increment", on))
         ui.label_name.editingFinished.connect(lambda: self.book.set_name(ui.label.value(), ui.label_name.text()))
         ui.bcv.clicked.connect(self.objects.use_bcv_names)
@@ -102,8 +117,8 @@ class SegmentWidget(QWidget):
         ui.clear.clicked.connect(self.clear_object)
         ui.hires.toggled.connect(self.hires.set_enabled)
         ui.outline.toggled.connect(self.hires.set_outline)
-        ui.uncertainty.toggled.connect(lambda _: self.tools.update_uncertainty())
-        ui.contours.clicked.connect(self.trace_contours)
+        ui.uncertainty.toggled.connect(self._on_uncertainty_toggled)
+        ui.contours.clicked.connect(lambda: self.trace_contours())
         ui.prop_up.clicked.connect(lambda: self.propagate("up"))
         ui.prop_down.clicked.connect(lambda: self.propagate("down"))
         ui.prop_both.clicked.connect(lambda: self.propagate("both"))
@@ -115,77 +130,70 @@ class SegmentWidget(QWidget):
         if path:
             line.setText(path)
 
+    def is_alive(self) -> bool:
+        return self._alive
+
     def shutdown(self) -> None:
-        """Detach from the viewer (events, shortcuts, workers); called when the widget closes or is deleted."""
+        """Detach from the viewer (events, shortcuts, shared model, this widget's workers); called when the
+        widget closes or is deleted. The viewer keeps the model for the next Segment widget."""
         if not self._alive:
             return
         self._alive = False
         v = self.viewer
-        for emitter, handler in ((v.layers.events.inserted, self._refresh_images),
-                                 (v.layers.events.removed, self._on_layer_removed),
+        for emitter, handler in ((v.layers.events.inserted, self.images.refresh),
+                                 (v.layers.events.removed, self.images.on_layer_removed),
                                  (v.dims.events.current_step, self._on_slice_changed)):
             emitter.disconnect(handler)
+        for signal, slot in self._holder_slots:
+            try:
+                signal.disconnect(slot)
+            except (TypeError, RuntimeError):  # already gone with the widget
+                pass
         self.hires.disconnect_viewer()
         self.boxes.unwatch_all()
         shortcuts.unbind(v, self._viewer_keys)
-        self.workers.quit_all()
+        self.workers.quit_all(alive=self.is_alive)
+        self.workers.forget_timers([*self._timers, self.hires.timer, self.tools.unc_timer])
+        if self.services.segment_widget is None:
+            self.services.set_segment_widget(None)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.shutdown()
         super().closeEvent(event)
 
-    # ---- images and sessions ---------------------------------------------------------------------------------
-    def _image_layers(self) -> list:
-        return [lay for lay in self.viewer.layers if lay.__class__.__name__ == "Image"
-                and not any(same(s.uncertainty, lay) for s in self._sessions.values())]
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        """The first time the widget is shown, start loading the model chosen in it (in a worker), so the
+        first box does not wait for it. Deferred by one event-loop turn: a script that docks the widget
+        can still pick another backbone first."""
+        super().showEvent(event)
+        if not self._shown_once:
+            self._shown_once = True
+            self._preload_timer.start(0)
 
-    def _refresh_images(self, *_args) -> None:
-        current = self.image_layer()
-        layers = self._image_layers()
-        combo = self.ui.image
-        combo.blockSignals(True)
-        combo.clear()
-        for lay in layers:
-            combo.addItem(lay.name, lay)
-        if current is not None and current in layers:
-            combo.setCurrentIndex(layers.index(current))
-        combo.blockSignals(False)
-        if layers and (current is None or current not in layers):
-            combo.setCurrentIndex(0)
-            self._setup_timer.start(0)
+    def _preload(self) -> None:
+        if self._alive and self.holder.segmenter is None:
+            self.start_loading()
 
+    # ---- images and sessions (see image_sessions.py) -----------------------------------------------------------
     def image_layer(self):
         """The image layer being segmented (None when there is none)."""
-        layer = unwrap(self.ui.image.currentData())
-        return layer if layer_alive(self.viewer, layer) else None
+        return self.images.image_layer()
 
     def select_image(self, layer) -> None:
         """Select ``layer`` and set up its boxes and masks layers now."""
-        index = next(i for i in range(self.ui.image.count()) if same(self.ui.image.itemData(i), layer))
-        self.ui.image.setCurrentIndex(index)
+        self.images.select(layer)
         self._on_image_changed()
 
     def session(self, create: bool = False) -> LayerSession | None:
-        layer = unwrap(self.image_layer())
-        if layer is None:
-            return None
-        sess = self._sessions.get(id(layer))
-        if (sess is None or sess.image is not layer) and create:
-            reason = unsupported_reason(layer)
-            if reason:
-                self.notifier.warning(reason)
-                return None
-            sess = self._sessions[id(layer)] = LayerSession(layer)
-        return sess if sess is not None and sess.image is layer else None
+        return self.images.current(create)
 
     def _on_image_changed(self) -> None:
         self._setup_timer.stop()
-        layer = self.image_layer()
-        if layer is None:
-            return
         sess = self.session(create=True)
+        self.ui.status.setText("" if sess is None else sess.status)  # the status line follows the image
         if sess is None:
             return
+        layer = sess.image
         preset = windows.default_preset(base_data(layer), layer.metadata)
         self.ui.window.setCurrentText(preset)
         self._on_window_changed()
@@ -193,30 +201,13 @@ class SegmentWidget(QWidget):
         boxes = self.ensure_boxes(sess)
         self.viewer.layers.selection.active = boxes
         boxes.mode = "add_rectangle"
+        self._sync_labels()
         self.hires.request()
-
-    def _on_layer_removed(self, event) -> None:
-        gone = event.value
-        for key, sess in list(self._sessions.items()):
-            if same(sess.image, gone):
-                del self._sessions[key]
-            elif same(sess.labels, gone):
-                sess.labels = None
-                sess.history.clear()
-                sess.store.clear()
-        self._refresh_images()
-
-    def add_layer(self, sess: LayerSession, add, *args, **kwargs):
-        """Add a layer above the image without taking the user's active layer away."""
-        return add_layer_keeping_active(self.viewer, sess, add, *args, **kwargs)
-
-    def arrange_layers(self, sess: LayerSession) -> None:
-        arrange_layers(self.viewer, sess)
 
     def ensure_boxes(self, sess: LayerSession):
         """The image's boxes layer (created, or adopted by name), watched for new rectangles."""
         if not layer_alive(self.viewer, sess.boxes):
-            found = find_layer(self.viewer, f"{sess.image.name} boxes", "Shapes")
+            found = find_layer(self.viewer, f"{sess.image.name} boxes", Shapes)
             sess.boxes = found if found is not None else new_boxes_layer(self.viewer, sess.image)
             self.boxes.watch(sess)
             arrange_layers(self.viewer, sess)
@@ -224,13 +215,7 @@ class SegmentWidget(QWidget):
 
     def ensure_labels(self, sess: LayerSession):
         """The image's masks layer (created, or adopted by name if it has the image's shape)."""
-        if not layer_alive(self.viewer, sess.labels):
-            img = sess.image
-            shape = tuple(base_data(img).shape[: img.ndim])
-            found = find_layer(self.viewer, f"{img.name} masks", "Labels", shape)
-            sess.labels = found if found is not None else self.add_layer(sess, new_labels_layer, self.viewer, img)
-            arrange_layers(self.viewer, sess)
-        return sess.labels
+        return self.ctx.ensure_labels(sess)
 
     def current_slice(self) -> int | None:
         layer = self.image_layer()
@@ -244,11 +229,6 @@ class SegmentWidget(QWidget):
         except ValueError:
             return None
 
-    def slice_image(self, layer, z: int | None, window=...) -> SliceImage:
-        """What the model sees of slice ``z``. Call on the GUI thread, or pass ``window`` (read it there)."""
-        window = self.current_window() if window is ... else window
-        return SliceImage((id(layer), z, window, id(base_data(layer))), lambda: load_slice(layer, z), window)
-
     def view_problem(self) -> str | None:
         """Why boxes cannot be read from the current view (3-D display, transposed axes), or None."""
         dims = self.viewer.dims
@@ -259,102 +239,50 @@ class SegmentWidget(QWidget):
                     "(View > Reset the axes order, or roll them back with Ctrl+E).")
         return None
 
-    def content_key(self, sess: LayerSession, z: int | None) -> tuple:
-        """What a rendering depicts; a result whose key is no longer current is dropped."""
-        uids = tuple(o.uid for o in sess.store.on_slice(z))
-        return id(sess.image), z, self.current_window(), uids, self._model_serial
+    # ---- model (the viewer's ModelHolder) ----------------------------------------------------------------------
+    @property
+    def predictor(self):
+        return self.holder.predictor
 
-    # ---- objects (see objects.py) ---------------------------------------------------------------------------
-    def current_object(self) -> SegObject | None:
-        return self.objects.current_object()
+    @property
+    def segmenter(self):
+        return self.holder.segmenter
 
-    def take_label(self, sess: LayerSession) -> int:
-        return self.objects.take_label(sess)
+    @property
+    def model_changed(self):
+        """The shared holder's signal: a new model (or new adapters) is in use."""
+        return self.holder.model_changed
 
-    def next_object(self) -> None:
-        self.objects.next_object()
-    # ---- model --------------------------------------------------------------------------------------------
-    def _model_params(self) -> tuple:
-        ui = self.ui
-        return (ui.backbone.currentText(), ui.checkpoint.text().strip() or None,
-                ui.adapters.text().strip() or None, ui.device.currentText())
+    def current_model(self):
+        return self.holder.model
 
     def start_loading(self, force: bool = False) -> None:
-        """Load the model chosen in the widget in a worker (the first box also triggers this)."""
-        if self._loading is not None or (self.segmenter is not None and not force):
-            return
-        self._load_serial += 1
-        serial, params = self._load_serial, self._model_params()
-        self.ui.model_status.setText(f"loading {params[0]} …")
-
-        def done():
-            self._loading = None
-
-        self._loading = self.workers.start(
-            model_loading.load, *params, desc=f"Loading {params[0]}",
-            on_return=lambda loaded: serial == self._load_serial and self._install(loaded),
-            on_error=self._load_failed, on_finish=done)
-
-    def _load_failed(self, exc: BaseException) -> None:
-        msg = str(exc) if isinstance(exc, model_loading.ModelLoadError) else f"{type(exc).__name__}: {exc}"
-        self.notifier.error(f"Model not loaded. {msg}")
-        self.ui.model_status.setText("model not loaded (see the notification)")
-        self.boxes.drop_pending("no model could be loaded.")
+        """Load the model chosen in the widget in a worker (opening the widget and the first box do this)."""
+        ui = self.ui
+        self.holder.start_loading(ui.backbone.currentText(), ui.checkpoint.text().strip() or None,
+                                  ui.adapters.text().strip() or None, ui.device.currentText(), force=force)
 
     def load_model_now(self, backbone: str = "litemedsam", checkpoint=None, adapters=None,
                        device: str = "auto"):
         """Load synchronously (scripts, tests). ``adapters``: file, None for the embedded default head, or
         False for the plain backbone. Errors are notified and raised as ``ModelLoadError``."""
-        self._load_serial += 1  # a GUI load still running will not override this one
-        try:
-            loaded = model_loading.load(backbone, checkpoint, adapters, device)
-        except model_loading.ModelLoadError as exc:
-            self.notifier.error(f"Model not loaded. {exc}")
-            raise
-        self._install(loaded)
-        return loaded.model
-
-    def _install(self, loaded: model_loading.LoadedModel) -> None:
-        for note in loaded.notes:
-            self.notifier.warning(note)
-        self.predictor = Predictor(loaded.model, device=loaded.device)
-        self.segmenter = Segmenter(self.predictor)
-        self._device = str(self.predictor.device)
-        self.ui.backbone.blockSignals(True)
-        self.ui.backbone.setCurrentText(loaded.model.backbone_name)
-        self.ui.backbone.blockSignals(False)
-        self._model_updated(f"{loaded.description} on {self._device}")
-        self.boxes.flush()
+        return self.holder.load_now(backbone, checkpoint, adapters, device)
 
     def apply_model(self, model, description: str = "") -> None:
         """Use ``model`` (e.g. fine-tuned adapters) from now on: caches are invalidated and the views are
         re-rendered. Call from the GUI thread."""
-        if self.segmenter is None:
-            self.predictor = Predictor(model, device=self._device)
-            self.segmenter = Segmenter(self.predictor)
-        else:
-            self.segmenter.set_model(model)
-            self.segmenter.invalidate()
-        self._model_updated(description or f"{model.backbone_name} (updated) on {self.predictor.device}")
-        self.boxes.flush()
+        self.holder.apply(model, description)
 
-    def _model_updated(self, description: str) -> None:
-        self._model_serial += 1
-        self.ui.model_status.setText(f"model: {description}")
-        self.notifier.info(f"Model ready: {description}.")
-        self.model_changed.emit()
+    def _on_model_changed(self) -> None:
+        self.ui.backbone.blockSignals(True)
+        self.ui.backbone.setCurrentText(self.holder.model.backbone_name)
+        self.ui.backbone.blockSignals(False)
         self.hires.request()
         self.tools.update_uncertainty()
+        self.boxes.flush()
 
-    def current_model(self):
-        return None if self.predictor is None else self.predictor.model
-
-    def ensure_model(self) -> bool:
-        if self.segmenter is None:
-            self.start_loading()
-            self.notifier.info("Loading the model first; try again when it is ready.")
-            return False
-        return True
+    def _on_load_failed(self, _reason: str) -> None:
+        self.boxes.drop_pending("no model could be loaded.")
 
     # ---- reactions ------------------------------------------------------------------------------------------
     def _on_window_changed(self, *_args) -> None:
@@ -367,44 +295,78 @@ class SegmentWidget(QWidget):
         self.tools.update_uncertainty()
 
     def _on_slice_changed(self, *_args) -> None:
-        self.objects.sync_ui()
+        self._sync_labels()
         self.tools.hide_stale_uncertainty()
         if self.ui.uncertainty.isChecked():
             self.tools.unc_timer.start()
 
-    def after_commit(self, sess: LayerSession) -> None:
-        self.objects.sync_ui()
+    def _on_uncertainty_toggled(self, on: bool) -> None:
+        self.tools.uncertainty_on = bool(on)
+        self.tools.update_uncertainty()
+
+    def _on_propagation_progress(self, done: int, total: int) -> None:
+        ui = self.ui
+        if total:
+            ui.progress.setRange(0, total)
+            ui.progress.setValue(done)
+        ui.progress.setVisible(bool(total))
+        ui.cancel.setEnabled(bool(total))
+
+    def _on_label_spin(self, value: int) -> None:
+        self.book.current = int(value)
+        self.ui.label_name.setText(self.book.names.get(int(value), ""))
+
+    def _sync_labels(self) -> None:
+        """Show the next label, its name and the current object; colour the next box like its label."""
+        ui, book = self.ui, self.book
+        ui.label.blockSignals(True)
+        ui.label.setValue(book.current)
+        ui.label.blockSignals(False)
+        ui.label_name.setText(book.names.get(book.current, ""))
+        sess = self.session()
+        if sess is not None and layer_alive(self.viewer, sess.boxes) and not sess.boxes.selected_data:
+            sess.boxes.current_edge_color = label_color(sess.labels, book.current)  # the next box's colour
+        obj = self.ctx.current_object()
+        ui.current.setText("current object: none" if obj is None else
+                           f"current object: label {obj.label} ({book.name_of(obj.label)})")
+
+    def _after_commit(self, _sess: LayerSession) -> None:
+        self._sync_labels()
         self.hires.request()
         self.tools.update_uncertainty()
 
-    def show_status(self, text: str) -> None:
-        self.ui.status.setText(text)
+    def _show_status(self, sess: LayerSession, text: str) -> None:
+        sess.status = text
+        if sess is self.session():
+            self.ui.status.setText(text)
 
     # ---- actions (buttons and shortcuts) ------------------------------------------------------------------
     def resegment(self, image_layer=None, keep_labels=()) -> int:
         """Re-segment the objects of the slice on screen with the current model, except ``keep_labels``
         (the fine-tune widget passes the labels the user corrected); returns how many were started."""
-        sess = self.session() if image_layer is None else self._sessions.get(id(unwrap(image_layer)))
+        sess = self.session() if image_layer is None else self.images.of(image_layer)
         if sess is None:
             return 0
         z = self.current_slice() if sess.volume else None
         return self.boxes.resegment(sess, z, set(keep_labels))
 
+    def _history_step(self, redo: bool) -> None:
+        if self.tools.propagation is not None:
+            self.notifier.warning("Wait for the propagation to finish (or cancel it) before undo/redo.")
+            return
+        self.objects.history_step(redo)
+
     def undo(self) -> None:
-        self.objects.history_step(redo=False)
+        self._history_step(redo=False)
 
     def redo(self) -> None:
-        self.objects.history_step(redo=True)
+        self._history_step(redo=True)
 
     def clear_object(self) -> None:
         self.objects.clear_object()
 
-
     def toggle_hires(self) -> None:
         self.ui.hires.setChecked(not self.ui.hires.isChecked())
-
-    def toggle_uncertainty(self) -> None:
-        self.ui.uncertainty.setChecked(not self.ui.uncertainty.isChecked())
 
     def cycle_window(self) -> None:
         names = [n for n in windows.CHOICES if n != windows.CUSTOM]
@@ -414,9 +376,6 @@ class SegmentWidget(QWidget):
     def propagate(self, direction: str = "both", limit: int | None = None) -> None:
         dirs = {"up": (1,), "down": (-1,), "both": (1, -1)}[direction]
         self.tools.propagate(dirs, limit if limit is not None else self.ui.prop_limit.value())
-
-    def propagate_both(self) -> None:
-        self.propagate("both")
 
     def trace_contours(self, factor: int | None = None) -> None:
         factor = factor or int(self.ui.contour_factor.currentText().rstrip("x"))
@@ -436,5 +395,5 @@ class SegmentWidget(QWidget):
         return self.workers.is_idle()
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
-        """Process events until every worker and pending render is done; False on timeout."""
+        """Process events until every worker and pending render of the viewer is done; False on timeout."""
         return self.workers.wait_idle(timeout)

@@ -1,70 +1,76 @@
 """Longer actions of the Segment widget: 3-D propagation, contour tracing, uncertainty overlay and mask
-export. Each runs the engine in a worker and touches layers only on the GUI thread."""
+export. Each runs the engine in a worker and touches layers only on the GUI thread.
+
+Signals: ``progress(done, total)`` of a propagation (``total`` 0 when it ended), ``propagated()`` when
+it ended, ``status(session, text)`` for the status line."""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..engine.contours import object_polygons
 from ..engine.history import paste_mask
 from ..engine.propagation import PropagationSettings, propagate
 from ..engine.refine import refine_slice
 from ..engine.viewport import region_transform
-from .layers import displayed_geometry, has_plain_transform, image_hw, label_color, layer_alive, n_slices
-
-if TYPE_CHECKING:
-    from .segment_widget import SegmentWidget
+from .context import SegmentContext
+from .layers import displayed_geometry, has_plain_transform, image_hw, label_color, n_slices
 
 NIFTI_KEYS = ("affine", "ornt", "source_shape", "zyx_shape", "display_axes")
 
 
-class VolumeTools:
-    def __init__(self, widget: SegmentWidget):
-        self.w = widget
+class VolumeTools(QObject):
+    progress = Signal(int, int)
+    propagated = Signal()
+    status = Signal(object, str)
+
+    def __init__(self, ctx: SegmentContext, parent: QObject | None = None):
+        super().__init__(parent)
+        self.ctx = ctx
+        self.uncertainty_on = False  # the widget's checkbox
         self.propagation = None  # the running propagation worker
         self.last_propagation: dict | None = None
         self._unc_key = None  # (image, slice, window, model) the uncertainty overlay shows
-        self.unc_timer = QTimer(widget)  # debounce: scrolling through slices asks once
+        self.unc_timer = QTimer(self)  # debounce: scrolling through slices asks once
         self.unc_timer.setSingleShot(True)
         self.unc_timer.setInterval(200)
         self.unc_timer.timeout.connect(self.update_uncertainty)
-        widget.workers.timers.append(self.unc_timer)
+        ctx.workers.watch_timer(self.unc_timer)
 
     # ---- propagation ------------------------------------------------------------------------------------
     def propagate(self, directions: tuple[int, ...] = (1, -1), limit: int | None = None,
                   settings: PropagationSettings | None = None) -> None:
-        w = self.w
-        sess = w.session()
-        if sess is None or not w.ensure_model():
+        ctx = self.ctx
+        sess = ctx.session()
+        if sess is None or not ctx.ensure_model():
             return
         if not sess.volume:
-            w.notifier.warning("Propagation needs a 3-D image (a stack or CT volume); this one is 2-D.")
+            ctx.notifier.warning("Propagation needs a 3-D image (a stack or CT volume); this one is 2-D.")
             return
         if self.propagation is not None:
-            w.notifier.warning("A propagation is already running; cancel it first.")
+            ctx.notifier.warning("A propagation is already running; cancel it first.")
             return
-        obj = w.current_object()
-        z0 = w.current_slice()
+        obj = ctx.current_object()
+        z0 = ctx.current_slice()
         if obj is None or sess.labels is None or not (np.asarray(sess.labels.data[z0]) == obj.label).any():
-            w.notifier.warning(f"No committed mask of the current object on slice {z0}: draw a box on this "
+            ctx.notifier.warning(f"No committed mask of the current object on slice {z0}: draw a box on this "
                                "slice first (or go to the slice where the object was segmented).")
             return
         label, seed = obj.label, np.asarray(sess.labels.data[z0]) == obj.label
         settings = settings or PropagationSettings(limit=limit if limit else None)
         nz = n_slices(sess.image)
 
-        seg, window = w.segmenter, w.current_window()  # read on the GUI thread, used in the worker
+        seg, window = ctx.segmenter, ctx.current_window()  # read on the GUI thread, used in the worker
 
         def segment(z, box):
-            return seg.full_logits(w.slice_image(sess.image, z, window), box)
+            return seg.full_logits(ctx.slice_image(sess.image, z, window), box)
 
         def model_view(z):
-            return seg.model_image(w.slice_image(sess.image, z, window))
+            return seg.model_image(ctx.slice_image(sess.image, z, window))
 
         def work():
             reasons = {}
@@ -74,9 +80,10 @@ class VolumeTools:
 
         group = uuid.uuid4().hex
         done: list[int] = []
+        total = (settings.limit or nz) * len(directions)
 
         def on_step(step) -> None:
-            if not layer_alive(w.viewer, sess.labels):
+            if not ctx.alive_layer(sess.labels):
                 return
             o = sess.store.new(label, step.box, step.slice)
             index = (step.slice, slice(None), slice(None))
@@ -85,48 +92,43 @@ class VolumeTools:
             sess.store.add([o])
             done.append(step.slice)
             sess.labels.refresh()
-            w.ui.progress.setValue(len(done))
+            self.progress.emit(len(done), total)
 
         def on_return(reasons) -> None:
             self.last_propagation = {"label": label, "slices": sorted(done), "reasons": reasons}
             span = f"slices {min(done)}-{max(done)}" if done else "no slice"
             why = "; ".join(f"{'up' if d > 0 else 'down'}: {r}" for d, r in reasons.items())
-            w.notifier.info(f"Propagated {w.book.name_of(label)} (label {label}) to {span} ({why}).")
+            ctx.notifier.info(f"Propagated {ctx.book.name_of(label)} (label {label}) to {span} ({why}).")
 
         def on_finish() -> None:
             self.propagation = None
-            w.ui.progress.setVisible(False)
-            w.ui.cancel.setEnabled(False)
             if self.last_propagation is None or self.last_propagation.get("label") != label:
                 self.last_propagation = {"label": label, "slices": sorted(done), "reasons": "cancelled"}
-            w.hires.request()
+            self.progress.emit(len(done), 0)
+            self.propagated.emit()
 
-        total = (settings.limit or nz) * len(directions)
-        w.ui.progress.setRange(0, total)
-        w.ui.progress.setValue(0)
-        w.ui.progress.setVisible(True)
-        w.ui.cancel.setEnabled(True)
         self.last_propagation = None
-        self.propagation = w.workers.start(work, desc=f"Propagating label {label}", total=total,
-                                           on_yield=on_step, on_return=on_return, on_finish=on_finish)
+        self.progress.emit(0, total)
+        self.propagation = ctx.start(work, desc=f"Propagating label {label}", total=total,
+                                     on_yield=on_step, on_return=on_return, on_finish=on_finish)
 
     def cancel(self) -> None:
         if self.propagation is not None:
             self.propagation.quit()
-            self.w.notifier.info("Propagation cancelled; the slices done so far are kept (Ctrl+Z undoes them).")
+            self.ctx.notifier.info("Propagation cancelled; the slices done so far are kept (Ctrl+Z undoes them).")
 
     # ---- contours -----------------------------------------------------------------------------------------
     def trace_contours(self, factor: int = 4) -> None:
-        w = self.w
-        sess = w.session()
-        if sess is None or not w.ensure_model():
+        ctx = self.ctx
+        sess = ctx.session()
+        if sess is None or not ctx.ensure_model():
             return
-        z = w.current_slice()
+        z = ctx.current_slice()
         objects = sess.store.on_slice(z)
         if not objects:
-            w.notifier.warning("No objects on this slice to trace: draw a box first.")
+            ctx.notifier.warning("No objects on this slice to trace: draw a box first.")
             return
-        src, hw, seg = w.slice_image(sess.image, z), image_hw(sess.image), w.segmenter
+        src, hw, seg = ctx.slice_image(sess.image, z), image_hw(sess.image), ctx.segmenter
 
         def work():
             out = []
@@ -145,75 +147,76 @@ class VolumeTools:
                     colors.append(label_color(sess.labels, obj.label))
                     labels.append(obj.label)
             if not polys:
-                w.notifier.warning("The objects on this slice have no outline (empty masks).")
+                ctx.notifier.warning("The objects on this slice have no outline (empty masks).")
                 return
             layer = self._contour_layer(sess)
             layer.add(polys, shape_type="polygon", edge_color=colors, face_color=[0, 0, 0, 0], edge_width=0.3)
             feats = layer.features
             feats.loc[feats.index[-len(labels):], "label"] = labels
             layer.features = feats
-            w.notifier.info(f"Traced {len(polys)} outline(s) at {factor}x into '{layer.name}'.")
+            ctx.notifier.info(f"Traced {len(polys)} outline(s) at {factor}x into '{layer.name}'.")
 
-        w.workers.start(work, desc=f"Tracing contours at {factor}x", on_return=on_return)
+        ctx.start(work, desc=f"Tracing contours at {factor}x", on_return=on_return)
 
     def _contour_layer(self, sess):
-        if layer_alive(self.w.viewer, sess.contours):
+        if self.ctx.alive_layer(sess.contours):
             return sess.contours
         nd = 3 if sess.volume else 2
         s = tuple(sess.image.scale[-nd:])
         t = tuple(sess.image.translate[-nd:])
-        sess.contours = self.w.add_layer(sess, self.w.viewer.add_shapes, ndim=nd, name=f"{sess.image.name} contours",
-                                         scale=s, translate=t, features={"label": np.zeros(0, int)})
-        self.w.arrange_layers(sess)
+        sess.contours = self.ctx.add_layer(sess, self.ctx.viewer.add_shapes, ndim=nd,
+                                           name=f"{sess.image.name} contours", scale=s, translate=t,
+                                           features={"label": np.zeros(0, int)})
+        self.ctx.arrange(sess)
         return sess.contours
 
     # ---- uncertainty ----------------------------------------------------------------------------------------
     def hide_stale_uncertainty(self) -> None:
-        sess = self.w.session()
-        if sess is not None and layer_alive(self.w.viewer, sess.uncertainty) and sess.uncertainty.visible:
-            key = self.w.content_key(sess, self.w.current_slice())
+        sess = self.ctx.session()
+        if sess is not None and self.ctx.alive_layer(sess.uncertainty) and sess.uncertainty.visible:
+            key = self.ctx.content_key(sess, self.ctx.current_slice())
             if self._unc_key is None or (*key[:3], key[-1]) != self._unc_key:
                 sess.uncertainty.visible = False
 
     def update_uncertainty(self) -> None:
-        w = self.w
+        ctx = self.ctx
         self.hide_stale_uncertainty()
-        sess = w.session()
-        if sess is None or not w.ui.uncertainty.isChecked():
-            if sess is not None and layer_alive(w.viewer, sess.uncertainty):
+        sess = ctx.session()
+        if sess is None or not self.uncertainty_on:
+            if sess is not None and ctx.alive_layer(sess.uncertainty):
                 sess.uncertainty.visible = False
             return
-        obj = w.current_object()
-        if obj is None or w.segmenter is None or not has_plain_transform(sess.image):
+        obj = ctx.current_object()
+        if obj is None or ctx.segmenter is None or not has_plain_transform(sess.image):
             return
-        if not w.segmenter.predictor.model.config.ugs:
-            w.notifier.warning("This model has uncertainty-guided sampling switched off: no variance to show.")
+        if not ctx.segmenter.predictor.model.config.ugs:
+            ctx.notifier.warning("This model has uncertainty-guided sampling switched off: no variance to show.")
             return
-        z = w.current_slice()
-        src = w.slice_image(sess.image, z)
-        key = w.content_key(sess, z)
+        z = ctx.current_slice()
+        src = ctx.slice_image(sess.image, z)
+        key = ctx.content_key(sess, z)
 
         def on_return(result) -> None:
             var, view = result
-            if key != w.content_key(sess, w.current_slice()):
+            if key != ctx.content_key(sess, ctx.current_slice()):
                 return  # stale
             scale, translate = displayed_geometry(sess.image)
             s, t = region_transform(view.region, view.out_shape, scale, translate)
             hi = float(var.max()) if var.max() > 0 else 1e-6
-            if not layer_alive(w.viewer, sess.uncertainty):
-                sess.uncertainty = w.add_layer(sess, w.viewer.add_image, var, name=f"{sess.image.name} uncertainty",
+            if not ctx.alive_layer(sess.uncertainty):
+                sess.uncertainty = ctx.add_layer(sess, ctx.viewer.add_image, var, name=f"{sess.image.name} uncertainty",
                                                colormap="inferno", blending="additive", opacity=0.8,
                                                contrast_limits=(0, hi))
-                w.arrange_layers(sess)
+                ctx.arrange(sess)
             layer = sess.uncertainty
             layer.data = var
             layer.scale, layer.translate = s, t
             layer.contrast_limits = (0.0, hi)
             layer.visible = True
             self._unc_key = (*key[:3], key[-1])
-            w.show_status(f"uncertainty of label {obj.label}: max variance {var.max():.3g}")
+            self.status.emit(sess, f"uncertainty of label {obj.label}: max variance {var.max():.3g}")
 
-        w.workers.start(w.segmenter.uncertainty, src, obj.box, desc="Uncertainty (MC dropout)",
+        ctx.start(ctx.segmenter.uncertainty, src, obj.box, desc="Uncertainty (MC dropout)",
                         on_return=on_return)
 
     # ---- export -----------------------------------------------------------------------------------------
@@ -221,27 +224,27 @@ class VolumeTools:
         """Write the masks of the selected image at ``factor`` x to ``path`` (.tif/.tiff or .nii/.nii.gz)."""
         from ..io.export import write_labels_nifti, write_labels_tiff
 
-        w = self.w
-        sess = w.session()
+        ctx = self.ctx
+        sess = ctx.session()
         path = Path(path)
         if sess is None or sess.labels is None:
-            w.notifier.warning("Nothing to export: no masks yet for this image.")
+            ctx.notifier.warning("Nothing to export: no masks yet for this image.")
             return
         name = path.name.lower()
         nifti = name.endswith((".nii", ".nii.gz"))
         if not nifti and not name.endswith((".tif", ".tiff")):
-            w.notifier.error(f"Cannot export to {path.name}: use a .tif/.tiff or .nii/.nii.gz file name.")
+            ctx.notifier.error(f"Cannot export to {path.name}: use a .tif/.tiff or .nii/.nii.gz file name.")
             return
         meta = dict(sess.image.metadata or {})
         if nifti and any(k not in meta for k in NIFTI_KEYS):
-            w.notifier.error(f"'{sess.image.name}' did not come from a NIfTI/DICOM file (no affine in its "
+            ctx.notifier.error(f"'{sess.image.name}' did not come from a NIfTI/DICOM file (no affine in its "
                              "metadata): export it as TIFF instead.")
             return
-        if factor > 1 and not w.ensure_model():
+        if factor > 1 and not ctx.ensure_model():
             return
         labels = np.array(sess.labels.data, copy=True)
         objects = list(sess.store.objects)
-        seg, window = w.segmenter, w.current_window()
+        seg, window = ctx.segmenter, ctx.current_window()
         volume = sess.volume
         spacing = [float(s) for s in sess.image.scale] if "source_format" in meta else None
 
@@ -252,7 +255,7 @@ class VolumeTools:
                 slices = [None] if not volume else range(labels.shape[0])
                 parts = []
                 for z in slices:
-                    src = w.slice_image(sess.image, z, window)
+                    src = ctx.slice_image(sess.image, z, window)
 
                     def render(box, region, shape, src=src):
                         return seg.render_prob(src, box, region, shape)
@@ -266,6 +269,6 @@ class VolumeTools:
             sp = None if spacing is None else [*spacing[:-2], spacing[-2] / factor, spacing[-1] / factor]
             return write_labels_tiff(path, fine, sp)
 
-        w.workers.start(work, desc=f"Exporting masks at {factor}x",
-                        on_return=lambda p: w.notifier.info(f"Saved masks at {factor}x to {p}."),
-                        on_error=lambda e: w.notifier.error(f"Export to {path} failed: {type(e).__name__}: {e}"))
+        ctx.start(work, desc=f"Exporting masks at {factor}x",
+                        on_return=lambda p: ctx.notifier.info(f"Saved masks at {factor}x to {p}."),
+                        on_error=lambda e: ctx.notifier.error(f"Export to {path} failed: {type(e).__name__}: {e}"))

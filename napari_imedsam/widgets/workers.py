@@ -1,8 +1,10 @@
 """Worker bookkeeping and notifications for the dock widgets.
 
 Every slow call runs in a ``napari.qt.threading`` worker with a napari progress bar; results and errors
-come back on the GUI thread. ``WorkerTracker`` remembers the running workers so that tests and scripts can
-wait until the widget is idle, and ``Notifier`` sends napari notifications and keeps a log of them."""
+come back on the GUI thread, and napari registers each worker as a task of the viewer (its cancel entry
+quits the worker when the window closes). One ``WorkerTracker`` per viewer (see ``services.py``) runs the
+jobs of both widgets, so that tests and scripts can wait until the viewer is idle, and ``Notifier`` sends
+napari notifications and keeps a log of them."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils import notifications
-from qtpy.QtCore import QCoreApplication, QObject, QThread, QThreadPool, QTimer
+from qtpy.QtCore import QCoreApplication, QThread, QThreadPool, QTimer
 
 
 class Notifier:
@@ -39,41 +41,44 @@ class Notifier:
         return [m for lv, m in self.log if level is None or lv == level]
 
 
+def _always() -> bool:
+    return True
+
+
 class WorkerTracker:
     """Starts workers, connects their callbacks, and knows when none is running.
 
     Workers run in a thread pool of their own, not Qt's global one: Qt uses the global pool for its own
     short jobs (multi-threaded image conversion, e.g. when napari animates its activity indicator) while
-    the GUI thread waits, holding the GIL; workers waiting for the GIL in that pool would deadlock it."""
+    the GUI thread waits, holding the GIL; workers waiting for the GIL in that pool would deadlock it.
 
-    def __init__(self, notifier: Notifier, alive: Callable[[], bool] = lambda: True, parent: QObject | None = None):
-        self.pool = QThreadPool(parent)
+    Each job may name an ``alive`` check (its widget's): once it says False, the job's late results are
+    ignored, and :meth:`quit_all` with that check quits only that widget's jobs."""
+
+    def __init__(self, notifier: Notifier):
+        self.pool = QThreadPool()
         self.pool.setMaxThreadCount(max(2, QThread.idealThreadCount()))
         self.notifier = notifier
-        self.alive = alive  # False once the owning widget is gone: late results are then ignored
-        self.running: set = set()
+        self.running: dict = {}  # worker -> the alive check of the widget that started it
         self.timers: list[QTimer] = []  # debounce timers that count as pending work
-
-    def _guard(self, callback: Callable | None) -> Callable | None:
-        if callback is None:
-            return None
-
-        def call(*args):
-            if self.alive():
-                callback(*args)
-
-        return call
 
     def start(self, func: Callable[..., Any], *args: Any, desc: str = "", total: int = 0,
               on_return: Callable[[Any], None] | None = None,
               on_yield: Callable[[Any], None] | None = None,
               on_error: Callable[[BaseException], None] | None = None,
-              on_finish: Callable[[], None] | None = None, progress: bool = True):
+              on_finish: Callable[[], None] | None = None, progress: bool = True,
+              alive: Callable[[], bool] = _always):
         """Run ``func(*args)`` (a function or a generator) in a worker thread; callbacks run on the GUI
-        thread. Errors go to ``on_error`` or become an error notification naming ``desc``."""
+        thread while ``alive()``. Errors go to ``on_error`` or become an error notification naming ``desc``."""
         kwargs = {"_progress": {"desc": desc, "total": total}} if progress else {}
         worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
-        on_return, on_yield, on_error, on_finish = (self._guard(c) for c in (on_return, on_yield, on_error, on_finish))
+
+        def guard(callback):
+            if callback is None:
+                return None
+            return lambda *a: callback(*a) if alive() else None
+
+        on_return, on_yield, on_error, on_finish = (guard(c) for c in (on_return, on_yield, on_error, on_finish))
         if on_return is not None:
             worker.returned.connect(on_return)
         if on_yield is not None and hasattr(worker, "yielded"):
@@ -82,28 +87,41 @@ class WorkerTracker:
         def failed(exc: BaseException) -> None:
             if on_error is not None:
                 on_error(exc)
-            elif self.alive():
+            elif alive():
                 self.notifier.error(f"{desc or 'Background task'} failed: {type(exc).__name__}: {exc}")
 
         worker.errored.connect(failed)
 
         def finished() -> None:
-            self.running.discard(worker)
+            self.running.pop(worker, None)
             if on_finish is not None:
                 on_finish()
 
         worker.finished.connect(finished)
-        self.running.add(worker)  # also keeps the worker alive until it finishes
+        self.running[worker] = alive  # also keeps the worker alive until it finishes
         self.pool.start(worker)
         return worker
+
+    def watch_timer(self, timer: QTimer) -> QTimer:
+        """Count ``timer`` (a debounce timer) as pending work while it is active."""
+        self.timers.append(timer)
+        return timer
+
+    def forget_timers(self, timers) -> None:
+        gone = {id(t) for t in timers}
+        self.timers = [t for t in self.timers if id(t) not in gone]
+
+    def _timer_active(self, timer: QTimer) -> bool:
+        try:
+            return timer.isActive()
+        except RuntimeError:  # the timer's owner was deleted
+            self.timers = [t for t in self.timers if t is not timer]
+            return False
 
     def is_idle(self) -> bool:
         if self.running:
             return False
-        try:
-            return not any(t.isActive() for t in self.timers)
-        except RuntimeError:  # the timers' owner was deleted
-            return True
+        return not any([self._timer_active(t) for t in list(self.timers)])
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Process Qt events until no worker runs and no debounce timer is pending (True), or until
@@ -121,6 +139,8 @@ class WorkerTracker:
             time.sleep(0.005)
         return False
 
-    def quit_all(self) -> None:
-        for worker in list(self.running):
-            worker.quit()
+    def quit_all(self, alive: Callable[[], bool] | None = None) -> None:
+        """Ask the running workers (only those started with ``alive``, if given) to stop."""
+        for worker, owner in list(self.running.items()):
+            if alive is None or owner == alive:
+                worker.quit()
