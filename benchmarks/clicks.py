@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+
+from src_training.clicks import corrective_click as next_click
 
 from .common import base_parser, fmt, machine_info, machine_line, markdown_table, section
 from .common import write_json as write_results
@@ -34,25 +35,6 @@ class Target:
     mask: np.ndarray
     box: np.ndarray
     name: str
-
-
-def next_click(pred_mask: np.ndarray, truth: np.ndarray) -> tuple[float, float, int] | None:
-    """(x, y, label) of the corrective click: the interior point, farthest from its edge, of the largest
-    connected error region (1 for a miss, 0 for a leak); None when the mask is exact."""
-    best = None
-    for wrong, label in ((truth & ~pred_mask, 1), (pred_mask & ~truth, 0)):
-        regions, n = ndimage.label(wrong)
-        if not n:
-            continue
-        sizes = ndimage.sum(wrong, regions, index=np.arange(1, n + 1))
-        k = int(np.argmax(sizes)) + 1
-        if best is None or sizes[k - 1] > best[0]:
-            best = (sizes[k - 1], regions == k, label)
-    if best is None:
-        return None
-    dist = ndimage.distance_transform_edt(np.pad(best[1], 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return x + 0.5, y + 0.5, best[2]
 
 
 def click_run(pred, target: Target, hw: tuple[int, int], clicks: int, mask_prompt: bool) -> dict:

@@ -31,6 +31,7 @@ import torch
 
 from napari_imedsam.model.preprocess import prepare
 
+from .clicks import truth_on_grid
 from .data.boxes import box_from_mask, mask_to_box
 from .data.sample import Sample
 from .sampling import PointMix, sample_points
@@ -71,11 +72,13 @@ class Batch:
     weights: torch.Tensor  # (B, N) float {0, 1}
     valid_hw: torch.Tensor  # (B, 2) float
     keys: list[tuple]  # embedding-cache keys of the encoder inputs
+    click_truth: torch.Tensor | None = None  # (B, g, g) bool: the masks on the model's low-res grid (clicks)
 
     def to(self, device: torch.device | str) -> Batch:
         move = {k: getattr(self, k).to(device, non_blocking=True)
                 for k in ("images", "boxes", "points", "labels", "weights", "valid_hw")}
-        return Batch(**move, keys=self.keys)
+        truth = None if self.click_truth is None else self.click_truth.to(device)
+        return Batch(**move, keys=self.keys, click_truth=truth)
 
 
 def prepare_sample(sample: Sample, size: int, index: int = -1) -> PreparedSample:
@@ -149,12 +152,13 @@ def flip(item: PreparedSample, horizontal: bool, vertical: bool, transpose: bool
 
 def collate(items: Sequence[PreparedSample], rngs: Sequence[np.random.Generator], jitter: int,
             points: int | None, augment: bool = False, mix: PointMix | None = None,
-            jitter_fraction: float = 0.0) -> Batch:
+            jitter_fraction: float = 0.0, click_grid: int | None = None) -> Batch:
     """Stack prepared samples into a :class:`Batch` (see the module docstring for the conventions).
 
     ``augment``: a random symmetry of the square (horizontal flip, vertical flip, transpose, each with
     probability 1/2, drawn first from the sample's rng). With few training images this keeps the INR
-    from memorising absolute positions. ``mix``: where ``points`` are drawn (default ``PointMix()``)."""
+    from memorising absolute positions. ``mix``: where ``points`` are drawn (default ``PointMix()``).
+    ``click_grid``: also the masks on that low-resolution grid, for simulated clicks."""
     if len(items) != len(rngs) or not items:
         raise ValueError("collate needs one rng per item and at least one item")
     if augment:
@@ -185,6 +189,8 @@ def collate(items: Sequence[PreparedSample], rngs: Sequence[np.random.Generator]
         weights=torch.from_numpy(weights),
         valid_hw=torch.tensor([it.valid_hw for it in items], dtype=torch.float32),
         keys=[it.key for it in items],
+        click_truth=None if click_grid is None else truth_on_grid(
+            [it.mask for it in items], [it.valid_hw for it in items], items[0].image.shape[-1], click_grid),
     )
 
 

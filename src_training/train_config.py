@@ -35,6 +35,7 @@ class TrainConfig:
     boundary_band: float = DEFAULT_MIX["band"]  # half-width of the edge band, image pixels
     jitter: int = 20  # max box jitter per side, pixels
     jitter_fraction: float = 0.0  # > 0: max jitter per side is this fraction of the box's size (capped by jitter)
+    click_prob: float = 0.0  # > 0: with this probability an object also gets a simulated corrective click
     bce_weight: float = 0.5
     dice_weight: float = 0.5
     coarse_weight_start: float = 1.0
@@ -67,6 +68,8 @@ class TrainConfig:
             raise ValueError("cache_embeddings needs a frozen encoder: remove 'lora' and 'fa' from parts "
                              f"(got {self.parts}), or switch cache_embeddings off.")
         self.point_mix()  # validates the shares
+        if not 0.0 <= self.click_prob <= 1.0:
+            raise ValueError(f"click_prob must be a probability in [0, 1], got {self.click_prob}")
         if min(self.lr_inr, self.lr_rest, self.weight_decay, self.jitter, self.val_every, self.jitter_fraction,
                self.checkpoint_every, self.workers, self.patience) < 0:
             raise ValueError("learning rates, weight_decay, jitter, val_every, checkpoint_every and workers "

@@ -33,6 +33,7 @@ from napari_imedsam.model.imedsam import PART_NAMES, IMedSAM
 from . import checkpoint as ckpt_io
 from . import distributed
 from .batching import IndexStream, case_groups, collate, prepared_batches, sample_rngs
+from .clicks import simulated_clicks
 from .data.sample import Sample
 from .evaluate import dice_scores, evaluate_dice
 from .losses import coarse_weight_at, training_loss
@@ -135,15 +136,25 @@ class _Run:
     def micro_loss(self, items, micro: int) -> tuple[torch.Tensor, dict]:
         cfg = self.config
         slots = distributed.shard(range(cfg.batch_size), self.dist)
+        grid = self.model.box_decoder.mask_input_size[0] if cfg.click_prob > 0 else None
         batch = collate(items, sample_rngs(cfg.seed, self.step, micro, slots), cfg.jitter, cfg.points, cfg.augment,
-                        self.mix, cfg.jitter_fraction)
+                        self.mix, cfg.jitter_fraction, click_grid=grid)
         batch = batch.to(self.device)
         amp = cfg.amp and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             embedding = self.embed(batch) if not self.encoder_trains else self.encode_distinct(batch)
-            out = self.model.forward_train(None, batch.boxes, batch.points, batch.valid_hw, embedding=embedding)
+            clicks = self.clicks(batch, embedding, micro, slots) if grid else None
+            out = self.model.forward_train(None, batch.boxes, batch.points, batch.valid_hw, embedding=embedding,
+                                           clicks=clicks)
         cw = coarse_weight_at(self.step, cfg.steps, cfg.coarse_weight_start, cfg.coarse_weight_end)
         return training_loss(out, batch.labels, batch.weights, cw, cfg.bce_weight, cfg.dice_weight)
+
+    def clicks(self, batch, embedding: torch.Tensor, micro: int, slots) -> tuple[torch.Tensor, torch.Tensor]:
+        """A corrective click per object (with ``click_prob``) on the backbone's current mask for its box."""
+        with torch.no_grad():
+            lowres = self.model.decode_box(embedding.detach(), batch.boxes).lowres_logit
+        rng = np.random.default_rng([self.config.seed, self.step, micro, 7919, *slots])
+        return simulated_clicks(lowres, batch.click_truth, self.model.image_size, self.config.click_prob, rng)
 
     def embed(self, batch) -> torch.Tensor:
         """Frozen encoder: no graph; with cache_embeddings each distinct image (by content, flips included)

@@ -110,19 +110,3 @@ def test_clicks_quick(tmp_path):
     for obj in result["objects"]["DSB nuclei"]:
         assert len(obj["imedsam"]) == result["clicks"] + 1
 
-
-def test_corrective_click_goes_to_the_largest_error():
-    import numpy as np
-
-    from benchmarks.clicks import next_click
-
-    truth = np.zeros((40, 40), bool)
-    truth[5:25, 5:25] = True
-    pred = truth.copy()
-    pred[5:25, 15:25] = False  # a 20x10 miss
-    pred[30:34, 30:34] = True  # a small leak
-    x, y, label = next_click(pred, truth)
-    assert label == 1 and 15 <= x <= 25 and 5 <= y <= 25  # inside the miss, away from its edge
-    assert next_click(truth, truth) is None
-    x, y, label = next_click(truth | (np.arange(40)[:, None] > 30), truth)
-    assert label == 0 and y > 30

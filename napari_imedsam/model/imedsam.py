@@ -203,12 +203,14 @@ class IMedSAM(nn.Module):
         return probs.var(dim=0, unbiased=False)
 
     def forward_train(self, images01: torch.Tensor | None, boxes: torch.Tensor, points: torch.Tensor,
-                      valid_hw: torch.Tensor, embedding: torch.Tensor | None = None
-                      ) -> dict[str, torch.Tensor]:
+                      valid_hw: torch.Tensor, embedding: torch.Tensor | None = None,
+                      clicks: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Training pass: coarse logits at every point, fine logits at the top-K uncertain points.
 
-        ``embedding`` (from ``encode``) replaces ``images01`` when the encoder is frozen and cached."""
-        feats = self.decode_box(self.encode(images01) if embedding is None else embedding, boxes)
+        ``embedding`` (from ``encode``) replaces ``images01`` when the encoder is frozen and cached;
+        ``clicks`` (points (B, K, 2), labels (B, K), -1 = none) are prompts beside the boxes."""
+        emb = self.encode(images01) if embedding is None else embedding
+        feats = self.decode_box(emb, boxes) if clicks is None else self.decode_prompt(emb, boxes, *clicks)
         x, base = self.point_inputs(feats, points, valid_hw)
         delta, feat = self.coarse(x, dropout=self.training)
         out = {"coarse": self._combine(base, delta), "base": base}
