@@ -84,7 +84,7 @@ def test_finetune_improves_heldout_dice_and_hands_over(tmp_path, scene):
     from qtpy.QtCore import QTimer
 
     from napari_imedsam import Predictor, load_model
-    from napari_imedsam.finetune.run import split_held_out
+    from napari_imedsam.finetune.settings import split_held_out
 
     viewer, seg, w = scene()
     w.open_project(tmp_path / "proj")

@@ -176,6 +176,8 @@ class Project:
             return
         stored, _problem = self._read_manifest()
         if stored is not None:
+            # a manifest another writer is replacing may be mid-change: keep ours and look again at the next
+            # change (under the lock, where a broken manifest is rebuilt from the files and reported)
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 self._adopt(stored)
                 self._sig = sig

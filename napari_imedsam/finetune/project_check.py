@@ -5,7 +5,6 @@ Pure Python + numpy."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -203,9 +202,11 @@ def validate_pairs(root: Path, stored: dict | None, problems: list[str]) -> list
                             f"{entry.get('label_id', '?')} lost its file; dropped it.")
     for image_file, result in images.items():
         if isinstance(result, BadFileError) and (root / image_file).is_file():
-            with contextlib.suppress(OSError):
+            try:
                 problems.append(f"Image file {image_file} is unusable ({result}); moved it to "
                                 f"{quarantine(root, image_file)}.")
+            except OSError as exc:
+                problems.append(f"Image file {image_file} is unusable ({result}) and could not be moved aside: {exc}.")
     pairs = list(found.values())
     if stored is None:  # rebuilding: per slice, only the newest complete change counts
         newest_txn: dict[tuple, str] = {}

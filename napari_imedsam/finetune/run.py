@@ -24,17 +24,11 @@ from ..model.device import resolve_device
 from ..model.imedsam import IMedSAM
 from ..model.preprocess import image_to_unit
 from .project import PairInfo, Project, VersionInfo
-from .settings import (  # noqa: F401 - the settings' names, as the run module has always offered them
-    ADAPTER_LR_RATIO,
-    CPU_PARTS,
-    CPU_SECONDS_PER_STEP,
-    MAX_JITTER_PX,
+from .settings import (
     SPLIT_RULES,
     FinetuneError,
     FinetuneSettings,
-    default_parts,
     planned_steps,
-    seconds_per_step_prior,
     split_held_out,
     train_config,
 )
@@ -103,8 +97,8 @@ class FinetuneRun:
         self.project, self.settings = project, settings
         self.pairs = project.pairs
         if not self.pairs:
-            raise FinetuneError("No training pairs yet: correct a mask in a Labels layer, then press "
-                                "'Add current slice' or 'Add all annotated slices'.")
+            raise FinetuneError("No training pairs yet: correct masks in a Labels layer and add those slices to "
+                                "the project first.")
         self.device = resolve_device(settings.device)
         self.model = copy.deepcopy(model).cpu()  # trained copy; the viewer keeps predicting with ``model``
         self.events: queue.Queue[Event] = queue.Queue()
@@ -291,6 +285,6 @@ def _message(status: str, before, after, version: VersionInfo, stopped: bool) ->
     change = f"held-out Dice {before:.3f} -> {after:.3f}"
     if status == "improved":
         return head + f"Fine-tuning helped: {change}. The new adapters are active."
-    return head + (f"Fine-tuning did not help ({change}); the previous adapters stay active. Choose "
-                   f"v{version.version} under 'Adapters' and press 'Activate' to use it anyway.")
+    return head + (f"Fine-tuning did not help ({change}); the previous adapters stay active. Activate "
+                   f"version v{version.version} to use it anyway.")
 

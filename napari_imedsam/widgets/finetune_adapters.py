@@ -9,7 +9,7 @@ from pathlib import Path
 from qtpy.QtWidgets import QFileDialog
 
 from ..finetune.project import ProjectError
-from ..finetune.run import FinetuneError
+from ..finetune.settings import FinetuneError
 
 
 class AdapterVersions:

@@ -11,7 +11,7 @@ import numpy as np
 from qtpy.QtWidgets import QFileDialog, QListWidgetItem
 
 from ..finetune.project import Project, ProjectError, default_project_dir, safe_name, user_projects_root
-from ..finetune.run import FinetuneError
+from ..finetune.settings import FinetuneError
 from .layers import base_data, layer_alive, load_slice, slice_of_world, unsupported_reason
 
 

@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..finetune.run import default_parts
+from ..finetune.settings import default_parts
 from ..model.device import available_devices
 from ..model.imedsam import PART_NAMES
 from .loss_plot import LossPlot

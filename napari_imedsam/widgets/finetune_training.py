@@ -12,15 +12,8 @@ import threading
 from collections.abc import Iterator
 
 from ..finetune.project import Project
-from ..finetune.run import (
-    SPLIT_RULES,
-    Event,
-    FinetuneOutcome,
-    FinetuneRun,
-    FinetuneSettings,
-    planned_steps,
-    seconds_per_step_prior,
-)
+from ..finetune.run import Event, FinetuneOutcome, FinetuneRun
+from ..finetune.settings import SPLIT_RULES, FinetuneSettings, planned_steps, seconds_per_step_prior
 
 HEARTBEAT_S = 0.1
 

@@ -22,7 +22,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QWidget
 
 from ..finetune.project import Project, ProjectError
-from ..finetune.run import FinetuneError, FinetuneRun, FinetuneSettings
+from ..finetune.run import FinetuneRun
+from ..finetune.settings import FinetuneError, FinetuneSettings
 from ..model.device import resolve_device
 from . import finetune_panel
 from .finetune_adapters import AdapterVersions
