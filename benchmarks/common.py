@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -271,10 +272,30 @@ def write_json(path: str | Path, payload: dict) -> Path:
     return path
 
 
+#: Where a ``--quick`` run writes its JSON unless ``--json`` says otherwise: outside the repository, so that
+#: tiny test settings never replace the real results in ``benchmarks/results/``.
+QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "napari-imedsam-benchmarks"
+
+
+class _BenchmarkParser(argparse.ArgumentParser):
+    """Fills in ``--json`` after parsing: ``benchmarks/results/NAME.json``, or for ``--quick`` a file under
+    :data:`QUICK_RESULTS_DIR`."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        if getattr(ns, "json", "") is None:
+            folder = QUICK_RESULTS_DIR if getattr(ns, "quick", False) else RESULTS_DIR
+            ns.json = folder / f"{self.benchmark_name}.json"
+        return ns, rest
+
+
 def base_parser(name: str, description: str, repeats: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)
-    p.add_argument("--quick", action="store_true", help="tiny settings (for tests): seconds, not minutes")
-    p.add_argument("--json", type=Path, default=RESULTS_DIR / f"{name}.json",
+    p = _BenchmarkParser(prog=f"python -m benchmarks.{name}", description=description)
+    p.benchmark_name = name
+    p.add_argument("--quick", action="store_true",
+                   help=f"tiny settings (for tests): seconds, not minutes; writes {QUICK_RESULTS_DIR}/{name}.json "
+                        "unless --json is given, never benchmarks/results/")
+    p.add_argument("--json", type=Path, default=None,
                    help=f"where to write the results (default benchmarks/results/{name}.json)")
     p.add_argument("--device", default="auto",
                    help="auto (CPU, plus CUDA rows when a GPU is present), cpu, or cuda")

@@ -200,8 +200,10 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .train import DefaultsOnceHelpFormatter
+
     p = argparse.ArgumentParser(
-        prog="imedsam-eval",
+        prog="imedsam-eval", formatter_class=DefaultsOnceHelpFormatter,
         description="Evaluate I-MedSAM and the discrete baseline (the backbone decoder's own mask, bilinearly "
                     "upsampled) on a dataset split; prints a markdown table and optionally writes JSON.")
     src = p.add_mutually_exclusive_group(required=True)
@@ -213,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-size", type=int, default=96, help="long side of the --synthetic images")
     p.add_argument("--backbone", default="litemedsam", help="tiny, litemedsam, sam_vit_b, sam_vit_l, sam_vit_h")
     p.add_argument("--adapters", default="default",
-                   help="adapter .safetensors file; 'default' = the embedded head if any; 'none' = plain backbone")
+                   help="an adapters .safetensors file, 'default' (the embedded head, if the backbone has one) or "
+                        "'none' (the plain backbone)")
     p.add_argument("--checkpoint", type=Path, help="SAM weights (.pth) for sam_vit_* backbones")
     p.add_argument("--download", action="store_true", help="download missing SAM weights into the cache")
     p.add_argument("--split", default="test", choices=("test", "val", "train", "all"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -20,13 +21,27 @@ from . import distributed
 DEBUG_DUMP_ENV = "IMEDSAM_DEBUG_DUMP_RANKS"  # =1: every rank writes OUT/rank{r}.safetensors (tests)
 
 
+class DefaultsOnceHelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows each option's default once: appended as ``(default: X)`` unless the help text already
+    names it ("default: ..." or "default ..."), and left out where there is none (None, or False for a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or action.required or default is None or default is False
+                or default is argparse.SUPPRESS or re.search(r"\bdefault[: ]", text, re.IGNORECASE)):
+            return text
+        shown = " ".join(str(v) for v in default) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from napari_imedsam.model.imedsam import PART_NAMES
 
     from .sampling import DEFAULT_MIX
 
     p = argparse.ArgumentParser(
-        prog="imedsam-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="imedsam-train", formatter_class=DefaultsOnceHelpFormatter,
         description="Train I-MedSAM (LoRA + frequency adapters + implicit decoder) on a segmentation dataset. "
                     "Writes OUT/adapters.safetensors (best by validation Dice), OUT/last.ckpt (resumable), "
                     "OUT/metrics.json and OUT/loss_log.csv. Under torchrun it trains data-parallel.")
