@@ -490,3 +490,37 @@ def test_both_widgets_share_the_viewers_model_and_workers(make_napari_viewer, se
     assert for_viewer(make_napari_viewer()) is not services  # one per viewer
     seg.close()
     assert tune.segment_widget() is None and tune.current_model() is tiny_model  # the model stays with the viewer
+
+
+# ---- 6. DICOM in, DICOM SEG out ----------------------------------------------------------------------------
+def test_dicom_export_writes_a_seg_that_opens_back(make_napari_viewer, tmp_path, segment_widget):
+    """A DICOM slice opened through the plugin, a box, *Export*: the TIFF and a DICOM SEG referencing the
+    series, whose segment reads back as the same label image."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from napari_imedsam import load_model
+    from napari_imedsam.io.dicom_seg import read_dicom_seg
+
+    series = tmp_path / "series"
+    series.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), series / "CT_small.dcm")
+    viewer = make_napari_viewer()
+    viewer.open(str(series / "CT_small.dcm"), plugin="napari-imedsam")
+    layer = viewer.layers[0]
+    assert layer.metadata.get("source_format") == "dicom"
+    w = segment_widget(viewer, load_model("tiny"))
+    w.book.set_name(1, "liver")
+    sess = draw(w, rect(30.5, 40.5, 90.5, 100.5))
+    labels = np.asarray(sess.labels.data)
+    assert (labels == 1).any()
+    out = tmp_path / "masks.tif"
+    w.export_masks(out, factor=1)
+    assert w.wait_idle(60) and out.is_file(), w.notifier.log
+    seg_file = tmp_path / "masks.seg.dcm"
+    assert seg_file.is_file(), w.notifier.log
+    back, kwargs, kind = read_dicom_seg(seg_file, series)
+    assert kind == "labels"
+    np.testing.assert_array_equal(np.asarray(back).reshape(labels.shape), labels)
+    assert "DICOM SEG" in " ".join(str(m) for m in w.notifier.log)

@@ -221,7 +221,10 @@ class VolumeTools(QObject):
 
     # ---- export -----------------------------------------------------------------------------------------
     def export(self, path: str | Path, factor: int = 1) -> None:
-        """Write the masks of the selected image at ``factor`` x to ``path`` (.tif/.tiff or .nii/.nii.gz)."""
+        """Write the masks of the selected image at ``factor`` x to ``path`` (.tif/.tiff or .nii/.nii.gz); for
+        an image read from DICOM the 1x masks also go to a DICOM SEG beside it (``<name>.seg.dcm``) that
+        references the source series."""
+        from ..io.dicom_seg import write_labels_dicom_seg
         from ..io.export import write_labels_nifti, write_labels_tiff
 
         ctx = self.ctx
@@ -247,8 +250,18 @@ class VolumeTools(QObject):
         seg, window = ctx.segmenter, ctx.current_window()
         volume = sess.volume
         spacing = [float(s) for s in sess.image.scale] if "source_format" in meta else None
+        names = dict(ctx.book.names)
+        dicom = meta.get("source_format") == "dicom"
+        seg_path = path.with_name(path.name.split(".")[0] + ".seg.dcm") if dicom else None
 
         def work():
+            written = write(fine_labels())
+            if seg_path is not None:
+                write_labels_dicom_seg(labels, meta, seg_path, names)
+                return f"{written} and a DICOM SEG of the 1x masks to {seg_path}"
+            return written
+
+        def fine_labels():
             if factor == 1:
                 fine = labels
             else:
@@ -264,6 +277,9 @@ class VolumeTools(QObject):
                     objs = [o for o in objects if o.slice == z]
                     parts.append(refine_slice(coarse, objs, render, factor))
                 fine = parts[0] if not volume else np.stack(parts)
+            return fine
+
+        def write(fine):
             if nifti:
                 return write_labels_nifti(path, fine, meta, factor=factor)
             sp = None if spacing is None else [*spacing[:-2], spacing[-2] / factor, spacing[-1] / factor]
