@@ -45,8 +45,8 @@ def ct_slice() -> list[LayerData]:
     """A real CT slice in HU from pydicom's test files (read with the plugin's DICOM reader)."""
     from pydicom.data import get_testdata_file
 
+    from napari_imedsam.io.dicom import load_dicom
     from napari_imedsam.io.reader import volume_to_layer_data
-    from napari_imedsam.io.volumes import load_dicom
 
     path = get_testdata_file("CT_small.dcm", download=False)
     if path is None:

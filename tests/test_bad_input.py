@@ -19,9 +19,10 @@ from pydicom.data import get_testdata_file
 
 from napari_imedsam import Predictor, load_model
 from napari_imedsam.engine.predictor import PredictorError, RequestTooLarge
+from napari_imedsam.io.dicom import load_dicom
 from napari_imedsam.io.export import export_tiff, upsample_labels, write_labels_nifti, write_labels_tiff
 from napari_imedsam.io.reader import read_image
-from napari_imedsam.io.volumes import ReaderError, check_volume_size, load_dicom, load_nifti, make_metadata
+from napari_imedsam.io.volumes import ReaderError, check_volume_size, load_nifti, make_metadata
 from napari_imedsam.model.adapters import FORMAT, AdapterFileError, load_adapters, save_adapters
 from napari_imedsam.model.preprocess import image_to_unit, prepare
 from napari_imedsam.model.weights import CheckpointError, resolve_checkpoint
@@ -146,7 +147,7 @@ def test_bad_windows(pred, window, message):
 
 @pytest.mark.parametrize("box, message", [
     ({"x0": 1, "y0": 2, "x1": 3, "y1": 4}, "got dict"), ((1 + 2j, 0, 10, 10), "complex128"),
-    (np.array([1 + 2j, 0, 10, 10]), "complex128"), ("0 0 10 10", "got str"), (None, "got NoneType"),
+    (np.array([1 + 2j, 0, 10, 10]), "complex128"), ("0 0 10 10", "got str"), (None, "or points with point_labels"),
     ((0, 0, 10), "got 3"), ((object(), 0, 1, 1), "object"), ((0, 0, np.inf, 10), "non-finite"),
 ])
 def test_bad_boxes(pred, box, message):

@@ -13,6 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from napari_imedsam.io.dicom import load_dicom
 from napari_imedsam.io.dicom_seg import (
     RTSTRUCT_SOP_CLASS,
     dicom_kind,
@@ -23,7 +24,6 @@ from napari_imedsam.io.dicom_seg import (
     write_labels_dicom_seg,
 )
 from napari_imedsam.io.reader import get_reader
-from napari_imedsam.io.volumes import load_dicom
 
 # A coronal series (rows run inferior, columns to the patient's left), written in shuffled file order, so that
 # the display order (z, y, x) = (S, P, L) differs from the files' (slice, row, column) order on every axis.

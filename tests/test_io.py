@@ -11,6 +11,7 @@ import pytest
 import tifffile
 from pydicom.data import get_testdata_file
 
+from napari_imedsam.io.dicom import load_dicom
 from napari_imedsam.io.export import (
     export_tiff,
     fine_affine,
@@ -19,7 +20,7 @@ from napari_imedsam.io.export import (
     write_labels_tiff,
 )
 from napari_imedsam.io.reader import get_reader, read_image
-from napari_imedsam.io.volumes import CT_WINDOW, load_dicom, load_nifti, make_metadata
+from napari_imedsam.io.volumes import CT_WINDOW, load_nifti, make_metadata
 
 # Axes of the test file: i -> patient left (0.7 mm), j -> superior (3 mm), k -> anterior (0.9 mm).
 AFFINE = np.array([

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 from nibabel.orientations import apply_orientation
 
+from napari_imedsam.io.dicom import dicom_files_in, is_dicom_file, load_dicom
 from napari_imedsam.io.export import label_dtype
-from napari_imedsam.io.volumes import dicom_files_in, is_dicom_file, load_dicom, to_display
+from napari_imedsam.io.volumes import to_display
 
 PathLike = str | os.PathLike
 LayerData = tuple[Any, dict[str, Any], str]

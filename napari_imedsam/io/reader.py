@@ -14,15 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_imedsam.io.volumes import (
-    ReaderError,
-    Volume,
-    default_contrast_limits,
-    is_dicom_file,
-    is_nifti_path,
-    load_dicom,
-    load_nifti,
-)
+from napari_imedsam.io.dicom import is_dicom_file, load_dicom
+from napari_imedsam.io.volumes import ReaderError, Volume, default_contrast_limits, is_nifti_path, load_nifti
 
 LayerData = tuple[Any, dict[str, Any], str]
 ReaderFunction = Callable[[Any], list[LayerData]]
