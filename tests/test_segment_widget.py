@@ -42,7 +42,7 @@ def test_opens_from_manifest_and_finds_the_image(make_napari_viewer, disk_image)
     assert w.image_layer() is viewer.layers["scan"]
     assert w.predictor is None and w.current_model() is None
     names = [lay.name for lay in viewer.layers]
-    assert "scan boxes" in names and "scan masks" in names
+    assert "scan boxes" in names and "scan masks" in names and "scan clicks" in names
     assert viewer.layers.selection.active.name == "scan boxes"
     assert viewer.layers["scan boxes"].mode == "add_rectangle"
     assert "Ctrl+Z" in w.toolTip()
@@ -56,7 +56,7 @@ def test_opens_from_manifest_and_finds_the_image(make_napari_viewer, disk_image)
     assert w.wait_idle(60)
     assert w.hires.renders >= 2
     assert [lay.name for lay in viewer.layers].count("scan high-res (INR)") == 1
-    assert len(viewer.layers) == 4  # image, masks, high-res view, boxes
+    assert len(viewer.layers) == 5  # image, masks, high-res view, boxes, clicks
 
 
 # ---- 2. boxes, labels, undo/redo ---------------------------------------------------------------------------
@@ -524,3 +524,58 @@ def test_dicom_export_writes_a_seg_that_opens_back(make_napari_viewer, tmp_path,
     assert kind == "labels"
     np.testing.assert_array_equal(np.asarray(back).reshape(labels.shape), labels)
     assert "DICOM SEG" in " ".join(str(m) for m in w.notifier.log)
+
+
+# ---- 7. clicks ---------------------------------------------------------------------------------------------
+def click(widget, y, x):
+    sess = widget.session()
+    sess.clicks.add(np.array([[y, x]], dtype=float))
+    assert widget.wait_idle(60), "workers did not finish"
+    return sess
+
+
+def test_clicks_refine_the_current_object_with_undo(make_napari_viewer, litemedsam, segment_widget, disk_image):
+    """A box on a disk, a negative click in its middle shrinks the mask (LiteMedSAM was distilled from box
+    prompts: its clicks need fine-tuning to add much, see docs/benchmarks.md), a positive click changes it
+    again; Ctrl+Z restores each previous mask; the clicks layer says which object and slice each click is of."""
+    viewer = make_napari_viewer()
+    viewer.add_image(disk_image((128, 160), centre=(60, 70), radius=30), name="scan")
+    w = segment_widget(viewer, litemedsam)
+    sess = draw(w, rect(24.5, 34.5, 95.5, 105.5))
+    first = np.asarray(sess.labels.data) == 1
+    assert first.sum() > 2000
+    w.clicks.set_negative(True)
+    assert w.ui.negative.isChecked()
+    click(w, 60, 70)  # the middle: background
+    shrunk = np.asarray(sess.labels.data) == 1
+    assert shrunk.sum() < 0.8 * first.sum()
+    feats = sess.clicks.features
+    assert list(feats["label"]) == [1] and list(feats["positive"]) == [False] and list(feats["slice"]) == [0]
+    w.clicks.toggle_negative()
+    assert not w.ui.negative.isChecked()
+    click(w, 60, 50)
+    again = np.asarray(sess.labels.data) == 1
+    assert list(sess.clicks.features["positive"]) == [False, True]
+    obj = sess.store.on_slice(None)[-1]
+    assert obj.clicks == ((70.5, 60.5, 0), (50.5, 60.5, 1)) and obj.box_prompt and obj.label == 1
+    w.undo()
+    np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, shrunk)
+    w.undo()
+    np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, first)
+    assert again.shape == first.shape
+
+
+def test_a_click_without_an_object_starts_one_and_clear_removes_its_clicks(make_napari_viewer, segment_widget,
+                                                                          disk_image):
+    viewer = make_napari_viewer()
+    viewer.add_image(disk_image((128, 160), centre=(60, 70), radius=30), name="scan")
+    w = segment_widget(viewer)  # tiny model
+    sess = click(w, 60, 70)  # no box yet: the click alone starts object 1
+    obj = sess.store.on_slice(None)[-1]
+    assert not obj.box_prompt and obj.clicks == ((70.5, 60.5, 1),) and obj.label == 1
+    assert list(sess.clicks.features["label"]) == [1]
+    w.objects.next_object()
+    click(w, 20, 20)  # after "new object": another object, not a click of the first
+    assert sess.store.on_slice(None)[-1].label == 2
+    w.clear_object()
+    assert list(sess.clicks.features["label"]) == [1]  # object 2's click went with it

@@ -11,12 +11,25 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class SegObject:
-    """One box prompt and the label it was committed with. ``slice`` is the volume index (None in 2-D)."""
+    """One prompt and the label it was committed with. ``slice`` is the volume index (None in 2-D).
+
+    ``box`` is the object's extent in the image frame: the box prompt, grown to hold the clicks; for an
+    object made from clicks alone (``box_prompt`` False) the extent of its mask and clicks. ``clicks`` are
+    (x, y, label) with label 1 for the object, 0 for background."""
 
     label: int
     box: tuple[float, float, float, float]  # (x0, y0, x1, y1), image frame
     slice: int | None = None
     uid: int = 0
+    clicks: tuple[tuple[float, float, int], ...] = ()
+    box_prompt: bool = True
+
+    def prompt(self) -> dict:
+        """The Predictor's prompt arguments for this object."""
+        if not self.clicks:
+            return {"box": self.box}
+        return {"box": self.box if self.box_prompt else None, "points": [[x, y] for x, y, _ in self.clicks],
+                "point_labels": [int(v) for *_, v in self.clicks]}
 
 
 @dataclass
@@ -26,8 +39,10 @@ class ObjectStore:
     objects: list[SegObject] = field(default_factory=list)
     _next_uid: int = 1
 
-    def new(self, label: int, box: Sequence[float], slice_: int | None) -> SegObject:
-        obj = SegObject(int(label), tuple(float(v) for v in box), slice_, self._next_uid)
+    def new(self, label: int, box: Sequence[float], slice_: int | None,
+            clicks: Sequence[Sequence[float]] = (), box_prompt: bool = True) -> SegObject:
+        obj = SegObject(int(label), tuple(float(v) for v in box), slice_, self._next_uid,
+                        tuple((float(x), float(y), int(v)) for x, y, v in clicks), bool(box_prompt))
         self._next_uid += 1
         return obj
 

@@ -8,7 +8,7 @@ mask that was erased or painted by hand is respected. Everything else is nearest
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -17,8 +17,8 @@ from .contours import object_view
 from .objects import SegObject
 from .viewport import Region, centres_in_box
 
-# (box, region, out_shape) -> probabilities over region at out_shape
-BoxRenderer = Callable[[Sequence[float], Region, tuple[int, int]], np.ndarray]
+# (object, region, out_shape) -> the object's probabilities over region at out_shape
+ObjectRenderer = Callable[[SegObject, Region, tuple[int, int]], np.ndarray]
 
 
 def upsample_nearest(labels: np.ndarray, factor: int) -> np.ndarray:
@@ -28,7 +28,7 @@ def upsample_nearest(labels: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(labels, factor, axis=-2), factor, axis=-1)
 
 
-def refine_slice(coarse: np.ndarray, objects: Iterable[SegObject], render: BoxRenderer, factor: int) -> np.ndarray:
+def refine_slice(coarse: np.ndarray, objects: Iterable[SegObject], render: ObjectRenderer, factor: int) -> np.ndarray:
     """``coarse`` (H, W) labels -> (H * factor, W * factor) labels with INR-rendered object boundaries."""
     factor = int(factor)
     if factor < 1:
@@ -46,7 +46,7 @@ def refine_slice(coarse: np.ndarray, objects: Iterable[SegObject], render: BoxRe
             continue  # cleared by hand since: nothing to refine
         edge = ndimage.binary_dilation(mine) & ~ndimage.binary_erosion(mine, border_value=1)
         band = upsample_nearest(edge & ((sub == obj.label) | (sub == 0)), factor)
-        prob = np.asarray(render(obj.box, view.region, view.out_shape))
+        prob = np.asarray(render(obj, view.region, view.out_shape))
         inr = (prob > 0.5) & centres_in_box(view.region, view.out_shape, obj.box)
         patch = fine[r0 * factor : r1 * factor, c0 * factor : c1 * factor]
         patch[band & inr] = obj.label

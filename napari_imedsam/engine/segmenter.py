@@ -78,6 +78,35 @@ class Segmenter:
         logits = np.where(centres_in_box(region, shape, clipped), logits, OUTSIDE_LOGIT)
         return logits.astype(np.float32), (r0, r1, c0, c1)
 
+    def object_logits(self, src: SliceImage, obj: SegObject
+                      ) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[float, float, float, float]]:
+        """Like ``box_logits`` for an object with clicks: the logits over its extent (the box grown to hold
+        the clicks; with clicks alone, the mask's extent), the pixel bbox, and that extent."""
+        if not obj.clicks:
+            logits, bbox = self.box_logits(src, obj.box)
+            return logits, bbox, obj.box
+        prompt = obj.prompt()
+        with self._lock:
+            hw = self.use(src)
+            xy = np.array(prompt["points"], dtype=float)
+            if prompt["box"] is not None:
+                x0, y0, x1, y1 = validate_box(prompt["box"], hw)
+            else:  # clicks alone: where the whole image's mask is
+                full = self.predictor.predict(**prompt, return_logits=True)
+                ys, xs = np.nonzero(full > 0)
+                x0, y0 = min([*xs, *(xy[:, 0] - 0.5)]), min([*ys, *(xy[:, 1] - 0.5)])
+                x1, y1 = max([*(xs + 1), *(xy[:, 0] + 0.5)]), max([*(ys + 1), *(xy[:, 1] + 0.5)])
+            x0, y0 = max(0.0, min(x0, xy[:, 0].min() - 1)), max(0.0, min(y0, xy[:, 1].min() - 1))
+            x1 = min(float(hw[1]), max(x1, xy[:, 0].max() + 1))
+            y1 = min(float(hw[0]), max(y1, xy[:, 1].max() + 1))
+            extent = (float(x0), float(y0), float(x1), float(y1))
+            r0, r1, c0, c1 = pixel_bbox(extent, hw)
+            region = (float(r0), float(c0), float(r1), float(c1))
+            shape = (r1 - r0, c1 - c0)
+            logits = self.predictor.predict(**prompt, out_shape=shape, region=region, return_logits=True)
+        logits = np.where(centres_in_box(region, shape, extent), logits, OUTSIDE_LOGIT)
+        return logits.astype(np.float32), (r0, r1, c0, c1), extent
+
     def full_logits(self, src: SliceImage, box) -> np.ndarray:
         """Logits (H, W) of the whole slice for ``box`` (outside the box: very negative)."""
         patch, (r0, r1, c0, c1) = self.box_logits(src, box)
@@ -85,12 +114,15 @@ class Segmenter:
         out[r0:r1, c0:c1] = patch
         return out
 
-    def render_prob(self, src: SliceImage, box, region: Region, out_shape: tuple[int, int]) -> np.ndarray:
-        """Probabilities of ``box``'s object over any region at any size, clipped to the box."""
+    def render_prob(self, src: SliceImage, box, region: Region, out_shape: tuple[int, int],
+                    obj: SegObject | None = None) -> np.ndarray:
+        """Probabilities of ``box``'s object (or of ``obj``, with its clicks, ``box`` its extent) over any
+        region at any size, clipped to the box."""
         with self._lock:
             hw = self.use(src)
             clipped = validate_box(box, hw)
-            prob = self.predictor.predict(clipped, out_shape=out_shape, region=region)
+            prompt = obj.prompt() if obj is not None and obj.clicks else {"box": clipped}
+            prob = self.predictor.predict(**prompt, out_shape=out_shape, region=region)
         return np.where(centres_in_box(region, out_shape, clipped), prob, 0.0).astype(np.float32)
 
     # ---- views --------------------------------------------------------------------------------------------
@@ -109,7 +141,7 @@ class Segmenter:
                 continue
             sub, (i0, i1, j0, j1) = part
             try:
-                prob = self.render_prob(src, obj.box, sub.region, sub.out_shape)
+                prob = self.render_prob(src, obj.box, sub.region, sub.out_shape, obj)
             except ValueError:
                 continue  # the box no longer fits this image
             stats = self.predictor.last_stats

@@ -7,7 +7,7 @@ time the worker finishes. Moving or resizing a box re-segments its object."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
@@ -153,12 +153,12 @@ class BoxController(QObject):
             return  # the layer reported a change, but this box did not move
         if not np.allclose(clipped, box):
             ctx.notifier.info(f"Box clipped to the image: {tuple(round(v, 1) for v in clipped)}.")
-        label = replaces.label if replaces is not None else self._take_label(sess)
+        label = replaces.label if replaces is not None else self.take_label(sess)
         obj = sess.store.new(label, clipped, z)
         self._set_features(sess, i, label, obj.uid)
         self.queue(BoxJob(sess, obj, replaces))
 
-    def _take_label(self, sess: LayerSession) -> int:
+    def take_label(self, sess: LayerSession) -> int:
         label = self.ctx.book.take(used=sess.store.labels())
         self.label_taken.emit()
         return label
@@ -184,7 +184,7 @@ class BoxController(QObject):
     def run(self, job: BoxJob) -> None:
         ctx = self.ctx
         src = ctx.slice_image(job.sess.image, job.obj.slice)
-        ctx.start(ctx.segmenter.box_logits, src, job.obj.box,
+        ctx.start(ctx.segmenter.object_logits, src, job.obj,
                         desc=f"Segmenting {ctx.book.name_of(job.obj.label)}",
                         on_return=lambda res: self.commit(job, res),
                         on_error=lambda exc: self.failed(job, exc))
@@ -201,7 +201,7 @@ class BoxController(QObject):
 
     def failed(self, job: BoxJob, exc: BaseException) -> None:
         if isinstance(exc, ValueError):
-            self.ctx.notifier.warning(f"Box not segmented: {exc}")
+            self.ctx.notifier.warning(f"{'Click' if job.obj.clicks else 'Box'} not segmented: {exc}")
         else:
             self.ctx.notifier.error(f"Segmenting the box failed: {type(exc).__name__}: {exc}")
 
@@ -212,7 +212,9 @@ class BoxController(QObject):
             ctx.notifier.warning(f"The image of this box was removed while it was segmented; result of label "
                                f"{obj.label} dropped.")
             return
-        logits, (r0, r1, c0, c1) = result
+        logits, (r0, r1, c0, c1), extent = result
+        if tuple(extent) != obj.box:  # clicks grew the object's extent: remember it (views, exports, clearing)
+            obj = replace(obj, box=tuple(float(v) for v in extent))
         mask = logits > 0
         labels = ctx.ensure_labels(sess)
         removed = [job.replaces] if job.replaces is not None and job.replaces in sess.store.objects else []

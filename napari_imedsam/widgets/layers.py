@@ -33,12 +33,14 @@ class LayerSession:
     image: Any
     labels: Any = None
     boxes: Any = None
+    clicks: Any = None  # the Points layer of click prompts
     hires: Any = None
     uncertainty: Any = None
     contours: Any = None
     store: ObjectStore = field(default_factory=ObjectStore)
     history: History = field(default_factory=History)
     seen_boxes: int = 0
+    seen_clicks: int = 0
     current: Any = None  # the SegObject last committed or selected
     status: str = ""  # the widget's status line for this image (the last commit, render, ...)
 
@@ -170,9 +172,9 @@ def new_labels_layer(viewer, image):
 
 
 def arrange_layers(viewer, sess: LayerSession) -> None:
-    """Keep masks, uncertainty, the high-res view, contours and boxes above the image, in that order."""
+    """Keep masks, uncertainty, the high-res view, contours, boxes and clicks above the image, in that order."""
     layers = viewer.layers
-    for lay in (sess.labels, sess.uncertainty, sess.hires, sess.contours, sess.boxes):
+    for lay in (sess.labels, sess.uncertainty, sess.hires, sess.contours, sess.boxes, sess.clicks):
         if layer_alive(viewer, lay):
             layers.move(layers.index(lay), len(layers))
 

@@ -150,7 +150,10 @@ def build(parent: QWidget) -> SimpleNamespace:
     ui.bcv = _button("BCV organs", "Name labels 1-13 after the BCV abdominal organs (spleen, kidneys, liver, …)")
     f.addRow("Name", _row(ui.label_name, ui.bcv))
     ui.current = QLabel("current object: none")
-    f.addRow(ui.current)
+    ui.negative = QCheckBox("negative clicks (Shift+P)")
+    ui.negative.setToolTip("Points on the 'clicks' layer refine the current object: positive clicks add a missed "
+                           "part, negative ones remove a leak; a click with no current object starts a new one.")
+    f.addRow(_row(ui.current, ui.negative))
     ui.undo = _button("Undo", "Undo the last commit (Ctrl+Z)")
     ui.redo = _button("Redo", "Redo (Ctrl+Shift+Z)")
     ui.clear = _button("Clear object", "Remove the current object from this slice (Shift+X)")

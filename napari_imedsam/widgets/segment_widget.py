@@ -13,13 +13,14 @@ Public API (used by the fine-tune widget, the demo script and tests)::
 
 from __future__ import annotations
 
-from napari.layers import Shapes
+from napari.layers import Points, Shapes
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QWidget
 
 from ..engine import windows
 from . import panels, shortcuts
-from .boxes import BoxController
+from .boxes import BoxController, BoxJob
+from .clicks import ClickController, new_clicks_layer
 from .context import SegmentContext
 from .hires_view import HiResView
 from .image_sessions import ImageSessions
@@ -64,8 +65,11 @@ class SegmentWidget(QWidget):
             "Control-Z": self.undo, "Control-Shift-Z": self.redo, "Shift-N": self.objects.next_object,
             "Shift-X": self.clear_object, "Shift-H": self.toggle_hires, "Shift-U": self.ui.uncertainty.toggle,
             "Shift-T": lambda: self.propagate("both"), "Shift-O": self.trace_contours, "Shift-W": self.cycle_window,
+            "Shift-P": lambda: self.clicks.toggle_negative(),
         }
         self.boxes = BoxController(self.ctx, self.shortcut_actions, self)
+        self.clicks = ClickController(self.ctx, lambda s, obj, old: self.boxes.queue(BoxJob(s, obj, old)),
+                                      self.boxes.take_label, self)
         self.hires = HiResView(self.ctx, self)
         self.tools = VolumeTools(self.ctx, self)
         self._timers = [QTimer(self), QTimer(self)]
@@ -115,6 +119,8 @@ class SegmentWidget(QWidget):
         ui.undo.clicked.connect(self.undo)
         ui.redo.clicked.connect(self.redo)
         ui.clear.clicked.connect(self.clear_object)
+        ui.negative.toggled.connect(self.clicks.set_negative)
+        self.clicks.negative_changed.connect(ui.negative.setChecked)
         ui.hires.toggled.connect(self.hires.set_enabled)
         ui.outline.toggled.connect(self.hires.set_outline)
         ui.uncertainty.toggled.connect(self._on_uncertainty_toggled)
@@ -151,6 +157,7 @@ class SegmentWidget(QWidget):
                 pass
         self.hires.disconnect_viewer()
         self.boxes.unwatch_all()
+        self.clicks.unwatch_all()
         shortcuts.unbind(v, self._viewer_keys)
         self.workers.quit_all(alive=self.is_alive)
         self.workers.forget_timers([*self._timers, self.hires.timer, self.tools.unc_timer])
@@ -198,6 +205,7 @@ class SegmentWidget(QWidget):
         self.ui.window.setCurrentText(preset)
         self._on_window_changed()
         self.ensure_labels(sess)
+        self.ensure_clicks(sess)
         boxes = self.ensure_boxes(sess)
         self.viewer.layers.selection.active = boxes
         boxes.mode = "add_rectangle"
@@ -212,6 +220,15 @@ class SegmentWidget(QWidget):
             self.boxes.watch(sess)
             arrange_layers(self.viewer, sess)
         return sess.boxes
+
+    def ensure_clicks(self, sess: LayerSession):
+        """The image's clicks layer (created, or adopted by name), watched for new points."""
+        if not layer_alive(self.viewer, sess.clicks):
+            found = find_layer(self.viewer, f"{sess.image.name} clicks", Points)
+            sess.clicks = found if found is not None else new_clicks_layer(self.viewer, sess.image)
+            self.clicks.watch(sess)
+            arrange_layers(self.viewer, sess)
+        return sess.clicks
 
     def ensure_labels(self, sess: LayerSession):
         """The image's masks layer (created, or adopted by name if it has the image's shape)."""
@@ -363,7 +380,10 @@ class SegmentWidget(QWidget):
         self._history_step(redo=True)
 
     def clear_object(self) -> None:
+        sess, obj = self.session(), self.ctx.current_object()
         self.objects.clear_object()
+        if sess is not None and obj is not None:
+            self.clicks.remove_object_clicks(sess, obj.label, obj.slice)
 
     def toggle_hires(self) -> None:
         self.ui.hires.setChecked(not self.ui.hires.isChecked())

@@ -17,6 +17,7 @@ SHORTCUTS: tuple[tuple[str, str, str], ...] = (
     ("Shift-T", "Shift+T", "propagate the current object through the volume"),
     ("Shift-O", "Shift+O", "trace the objects' outlines into a Shapes layer"),
     ("Shift-W", "Shift+W", "next CT window preset"),
+    ("Shift-P", "Shift+P", "clicks on the clicks layer: positive (add) / negative (remove)"),
 )
 KEYS = tuple(key for key, _, _ in SHORTCUTS)
 

@@ -270,8 +270,8 @@ class VolumeTools(QObject):
                 for z in slices:
                     src = ctx.slice_image(sess.image, z, window)
 
-                    def render(box, region, shape, src=src):
-                        return seg.render_prob(src, box, region, shape)
+                    def render(obj, region, shape, src=src):
+                        return seg.render_prob(src, obj.box, region, shape, obj)
 
                     coarse = labels if z is None else labels[z]
                     objs = [o for o in objects if o.slice == z]
