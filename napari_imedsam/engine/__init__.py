@@ -4,7 +4,7 @@ May import src_training, model, io, samples; never Qt, widgets or finetune."""
 
 from __future__ import annotations
 
-__all__ = ["Predictor", "PropagationSettings", "propagate"]
+__all__ = ["Predictor", "PropagationSettings", "interpolate_between", "propagate", "propagate_volume"]
 
 
 def __getattr__(name: str):
@@ -13,8 +13,8 @@ def __getattr__(name: str):
         from .predictor import Predictor
 
         return Predictor
-    if name in ("propagate", "PropagationSettings"):
-        from . import propagation as module
+    if name in ("propagate", "PropagationSettings", "propagate_volume", "interpolate_between"):
+        from . import interpolation, propagation
 
-        return getattr(module, name)
+        return getattr(propagation if name != "interpolate_between" else interpolation, name)
     raise AttributeError(name)
