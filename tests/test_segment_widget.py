@@ -579,3 +579,49 @@ def test_a_click_without_an_object_starts_one_and_clear_removes_its_clicks(make_
     assert sess.store.on_slice(None)[-1].label == 2
     w.clear_object()
     assert list(sess.clicks.features["label"]) == [1]  # object 2's click went with it
+
+
+def test_interpolation_fills_between_annotated_slices_as_one_undo_step(make_napari_viewer, litemedsam,
+                                                                       segment_widget):
+    viewer = make_napari_viewer()
+    vol, inside = blob_volume()  # the blob spans slices 3-8
+    viewer.add_image(vol, name="vol")
+    w = segment_widget(viewer, litemedsam)
+    w.ui.auto_increment.setChecked(False)  # both boxes are the same object (label 1)
+    for z in (3, 8):
+        viewer.dims.set_current_step(0, z)
+        ys, xs = np.nonzero(inside[z])
+        sess = draw(w, rect(ys.min() - 2.5, xs.min() - 2.5, ys.max() + 2.5, xs.max() + 2.5, z=z))
+    before = np.array(sess.labels.data, copy=True)
+    assert set(np.nonzero(before.any(axis=(1, 2)))[0]) == {3, 8}
+    w.ui.interpolate.click()
+    assert w.wait_idle(120)
+    labels = np.asarray(sess.labels.data)
+    filled = set(np.nonzero(labels.any(axis=(1, 2)))[0])
+    assert filled == set(range(3, 9)), (filled, w.notifier.log)  # the slices between and nothing else
+    for z in range(4, 8):
+        iou = ((labels[z] == 1) & inside[z]).sum() / ((labels[z] == 1) | inside[z]).sum()
+        assert iou > 0.5, (z, iou)
+    w.undo()  # one step undoes the whole interpolation
+    np.testing.assert_array_equal(np.asarray(sess.labels.data), before)
+
+
+def test_a_marked_extent_outside_the_current_slice_is_refused(make_napari_viewer, litemedsam, segment_widget):
+    viewer = make_napari_viewer()
+    vol, inside = blob_volume()
+    viewer.add_image(vol, name="vol")
+    w = segment_widget(viewer, litemedsam)
+    viewer.dims.set_current_step(0, 5)
+    ys, xs = np.nonzero(inside[5])
+    sess = draw(w, rect(ys.min() - 2.5, xs.min() - 2.5, ys.max() + 2.5, xs.max() + 2.5, z=5))
+    w.ui.prop_start.setValue(7)
+    w.propagate("both")
+    assert w.wait_idle(60)
+    assert set(np.nonzero(np.asarray(sess.labels.data).any(axis=(1, 2)))[0]) == {5}
+    assert any("outside the marked extent" in str(m) for m in w.notifier.log)
+    w.ui.prop_start.setValue(3)
+    w.ui.prop_end.setValue(8)
+    w.propagate("both")
+    assert w.wait_idle(120)
+    done = set(np.nonzero(np.asarray(sess.labels.data).any(axis=(1, 2)))[0])
+    assert done <= set(range(3, 9)) and {4, 6} <= done  # filled towards the marked ends, never past them

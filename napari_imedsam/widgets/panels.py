@@ -188,10 +188,22 @@ def build(parent: QWidget) -> SimpleNamespace:
     ui.prop_limit.setSpecialValueText("no limit")
     ui.prop_limit.setToolTip("At most this many slices in each direction (0: until the mask vanishes).")
     f.addRow("Slice limit", ui.prop_limit)
+    ui.prop_start, ui.prop_end = QSpinBox(), QSpinBox()
+    for spin, which in ((ui.prop_start, "first"), (ui.prop_end, "last")):
+        spin.setRange(-1, 100000)
+        spin.setValue(-1)
+        spin.setSpecialValueText("not set")
+        spin.setToolTip(f"The object's {which} slice, if you know it: propagation fills every slice up to it "
+                        "(the stop rules then only watch for leaks).")
+    f.addRow("Object from / to", _row(ui.prop_start, ui.prop_end))
     ui.prop_up = _button("▲ Up", "Propagate the current object to the following slices")
     ui.prop_down = _button("▼ Down", "Propagate the current object to the previous slices")
     ui.prop_both = _button("▲▼ Both", "Propagate both ways (Shift+T)")
     f.addRow(_row(ui.prop_down, ui.prop_up, ui.prop_both))
+    ui.interpolate = _button("Interpolate between annotated slices",
+                             "Segment the slices between the slices that hold a mask of the current object, with "
+                             "boxes interpolated from both ends (one undo step)")
+    f.addRow(ui.interpolate)
     ui.progress = QProgressBar()
     ui.progress.setVisible(False)
     ui.cancel = _button("Cancel", "Stop the running propagation (the slices done so far stay)")

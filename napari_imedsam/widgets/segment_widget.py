@@ -129,6 +129,7 @@ class SegmentWidget(QWidget):
         ui.prop_down.clicked.connect(lambda: self.propagate("down"))
         ui.prop_both.clicked.connect(lambda: self.propagate("both"))
         ui.cancel.clicked.connect(self.tools.cancel)
+        ui.interpolate.clicked.connect(self.tools.interpolate)
         ui.export.clicked.connect(self._export_dialog)
 
     def _browse(self, line, pattern: str) -> None:
@@ -395,7 +396,9 @@ class SegmentWidget(QWidget):
 
     def propagate(self, direction: str = "both", limit: int | None = None) -> None:
         dirs = {"up": (1,), "down": (-1,), "both": (1, -1)}[direction]
-        self.tools.propagate(dirs, limit if limit is not None else self.ui.prop_limit.value())
+        start, end = (s.value() if s.value() >= 0 else None for s in (self.ui.prop_start, self.ui.prop_end))
+        self.tools.propagate(dirs, limit if limit is not None else self.ui.prop_limit.value(), start_slice=start,
+                             end_slice=end)
 
     def trace_contours(self, factor: int | None = None) -> None:
         factor = factor or int(self.ui.contour_factor.currentText().rstrip("x"))

@@ -14,11 +14,12 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..engine.contours import object_polygons
 from ..engine.history import paste_mask
-from ..engine.propagation import PropagationSettings, propagate
+from ..engine.interpolation import interpolate_between
+from ..engine.propagation import PropagationSettings, propagate_volume
 from ..engine.refine import refine_slice
 from ..engine.viewport import region_transform
 from .context import SegmentContext
-from .layers import displayed_geometry, has_plain_transform, image_hw, label_color, n_slices
+from .layers import base_data, displayed_geometry, has_plain_transform, image_hw, label_color, n_slices
 
 NIFTI_KEYS = ("affine", "ornt", "source_shape", "zyx_shape", "display_axes")
 
@@ -43,16 +44,13 @@ class VolumeTools(QObject):
 
     # ---- propagation ------------------------------------------------------------------------------------
     def propagate(self, directions: tuple[int, ...] = (1, -1), limit: int | None = None,
-                  settings: PropagationSettings | None = None) -> None:
+                  settings: PropagationSettings | None = None, start_slice: int | None = None,
+                  end_slice: int | None = None) -> None:
+        """Carry the current object's mask through the volume (``engine.propagate_volume``: stops at the
+        object's end by the calibrated rules, or fills up to a marked ``start_slice``/``end_slice``)."""
         ctx = self.ctx
-        sess = ctx.session()
-        if sess is None or not ctx.ensure_model():
-            return
-        if not sess.volume:
-            ctx.notifier.warning("Propagation needs a 3-D image (a stack or CT volume); this one is 2-D.")
-            return
-        if self.propagation is not None:
-            ctx.notifier.warning("A propagation is already running; cancel it first.")
+        sess = self._volume_session()
+        if sess is None:
             return
         obj = ctx.current_object()
         z0 = ctx.current_slice()
@@ -62,25 +60,62 @@ class VolumeTools(QObject):
             return
         label, seed = obj.label, np.asarray(sess.labels.data[z0]) == obj.label
         settings = settings or PropagationSettings(limit=limit if limit else None)
-        nz = n_slices(sess.image)
+        seg, window, volume = ctx.segmenter, ctx.current_window(), base_data(sess.image)
+        if start_slice is not None and end_slice is not None and start_slice > end_slice:
+            start_slice, end_slice = end_slice, start_slice
+        if (start_slice is not None and z0 < start_slice) or (end_slice is not None and z0 > end_slice):
+            ctx.notifier.warning(f"Propagation not started: the current slice {z0} lies outside the marked extent "
+                                 f"({start_slice if start_slice is not None else '-'} to "
+                                 f"{end_slice if end_slice is not None else '-'}).")
+            return
+        steps = propagate_volume(seg, volume, z0, seed, directions, settings, window, start_slice, end_slice)
+        total = (settings.limit or n_slices(sess.image)) * len(directions)
+        self._run_steps(sess, label, steps, total, f"Propagating label {label}", "Propagated")
 
-        seg, window = ctx.segmenter, ctx.current_window()  # read on the GUI thread, used in the worker
+    def interpolate(self) -> None:
+        """Fill the slices between the slices that hold a mask of the current object (Slicer's fill between
+        slices): each gap is segmented with boxes interpolated from both ends, as one undo step."""
+        ctx = self.ctx
+        sess = self._volume_session()
+        if sess is None:
+            return
+        obj = ctx.current_object()
+        labels = np.asarray(sess.labels.data) if sess.labels is not None else None
+        if obj is None or labels is None:
+            ctx.notifier.warning("No current object: segment it on two or more slices first.")
+            return
+        annotated = [z for z in range(labels.shape[0]) if (labels[z] == obj.label).any()]
+        if len(annotated) < 2:
+            ctx.notifier.warning(f"Interpolation needs {ctx.book.name_of(obj.label)} on at least two slices; it is on "
+                               f"{len(annotated)}. Segment it on the slices that bound the gap first.")
+            return
+        masks = {z: labels[z] == obj.label for z in annotated}
+        steps = interpolate_between(ctx.segmenter, base_data(sess.image), masks, ctx.current_window())
+        gaps = sum(b - a - 1 for a, b in zip(annotated[:-1], annotated[1:]))
+        self._run_steps(sess, obj.label, steps, gaps, f"Interpolating label {obj.label}", "Interpolated")
 
-        def segment(z, box):
-            return seg.full_logits(ctx.slice_image(sess.image, z, window), box)
+    def _volume_session(self):
+        ctx = self.ctx
+        sess = ctx.session()
+        if sess is None or not ctx.ensure_model():
+            return None
+        if not sess.volume:
+            ctx.notifier.warning("Propagation needs a 3-D image (a stack or CT volume); this one is 2-D.")
+            return None
+        if self.propagation is not None:
+            ctx.notifier.warning("A propagation is already running; cancel it first.")
+            return None
+        return sess
 
-        def model_view(z):
-            return seg.model_image(ctx.slice_image(sess.image, z, window))
-
-        def work():
-            reasons = {}
-            for d in directions:
-                reasons[d] = yield from propagate(segment, z0, seed, nz, d, settings, image=model_view)
-            return reasons
-
+    def _run_steps(self, sess, label: int, steps, total: int, desc: str, verb: str) -> None:
+        """Run an engine step generator in a worker; every step is committed on the GUI thread into one undo
+        group (Ctrl+Z removes the whole run; a cancelled run keeps the slices done)."""
+        ctx = self.ctx
         group = uuid.uuid4().hex
         done: list[int] = []
-        total = (settings.limit or nz) * len(directions)
+
+        def work():
+            return (yield from steps)
 
         def on_step(step) -> None:
             if not ctx.alive_layer(sess.labels):
@@ -97,8 +132,9 @@ class VolumeTools(QObject):
         def on_return(reasons) -> None:
             self.last_propagation = {"label": label, "slices": sorted(done), "reasons": reasons}
             span = f"slices {min(done)}-{max(done)}" if done else "no slice"
-            why = "; ".join(f"{'up' if d > 0 else 'down'}: {r}" for d, r in reasons.items())
-            ctx.notifier.info(f"Propagated {ctx.book.name_of(label)} (label {label}) to {span} ({why}).")
+            why = ("; ".join(f"{'up' if d > 0 else 'down'}: {r}" for d, r in reasons.items())
+                   if isinstance(reasons, dict) else str(reasons))
+            ctx.notifier.info(f"{verb} {ctx.book.name_of(label)} (label {label}) to {span} ({why}).")
 
         def on_finish() -> None:
             self.propagation = None
@@ -109,8 +145,8 @@ class VolumeTools(QObject):
 
         self.last_propagation = None
         self.progress.emit(0, total)
-        self.propagation = ctx.start(work, desc=f"Propagating label {label}", total=total,
-                                     on_yield=on_step, on_return=on_return, on_finish=on_finish)
+        self.propagation = ctx.start(work, desc=desc, total=total, on_yield=on_step, on_return=on_return,
+                                     on_finish=on_finish)
 
     def cancel(self) -> None:
         if self.propagation is not None:
