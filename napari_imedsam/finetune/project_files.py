@@ -25,6 +25,10 @@ except ImportError:  # Windows: no advisory locks there; a second writer is not 
 LOCK_NAME = ".lock"
 
 
+
+class ProjectError(Exception):
+    """A project folder cannot be used or a pair cannot be added; the message says why and what to do."""
+
 def user_projects_root() -> Path:
     """``<user data dir>/napari-imedsam/projects``: where projects go when the image has no folder."""
     from platformdirs import user_data_dir
