@@ -215,21 +215,19 @@ class SegmentWidget(QWidget):
 
     def ensure_boxes(self, sess: LayerSession):
         """The image's boxes layer (created, or adopted by name), watched for new rectangles."""
-        if not layer_alive(self.viewer, sess.boxes):
-            found = find_layer(self.viewer, f"{sess.image.name} boxes", Shapes)
-            sess.boxes = found if found is not None else new_boxes_layer(self.viewer, sess.image)
-            self.boxes.watch(sess)
-            arrange_layers(self.viewer, sess)
-        return sess.boxes
+        return self._ensure_prompt_layer(sess, "boxes", Shapes, new_boxes_layer, self.boxes)
 
     def ensure_clicks(self, sess: LayerSession):
         """The image's clicks layer (created, or adopted by name), watched for new points."""
-        if not layer_alive(self.viewer, sess.clicks):
-            found = find_layer(self.viewer, f"{sess.image.name} clicks", Points)
-            sess.clicks = found if found is not None else new_clicks_layer(self.viewer, sess.image)
-            self.clicks.watch(sess)
+        return self._ensure_prompt_layer(sess, "clicks", Points, new_clicks_layer, self.clicks)
+
+    def _ensure_prompt_layer(self, sess: LayerSession, kind: str, layer_type, make, controller):
+        if not layer_alive(self.viewer, getattr(sess, kind)):
+            found = find_layer(self.viewer, f"{sess.image.name} {kind}", layer_type)
+            setattr(sess, kind, found if found is not None else make(self.viewer, sess.image))
+            controller.watch(sess)
             arrange_layers(self.viewer, sess)
-        return sess.clicks
+        return getattr(sess, kind)
 
     def ensure_labels(self, sess: LayerSession):
         """The image's masks layer (created, or adopted by name if it has the image's shape)."""
