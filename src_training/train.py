@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(CVC-ClinicDB), img/+label/ (BCV NIfTI), imagesTr/+labelsTr/")
     src.add_argument("--synthetic", type=int, metavar="N",
                      help="train on N generated shapes instead of --data (validation on N//4 others)")
+    src.add_argument("--head-data", type=float, metavar="SCALE",
+                     help="the default head's training mix (src_training.head_data: nuclei fields, CT phantom "
+                          "slices, synthetic shapes, each input at 1/1, 1/2 and 1/4 with full-size masks) times SCALE "
+                          "(1: the shipped CPU recipe)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--backbone", default="litemedsam", help="tiny, litemedsam, sam_vit_b, sam_vit_l or sam_vit_h")
     p.add_argument("--checkpoint", type=Path, help="SAM weights (.pth) for sam_vit_* backbones")
@@ -77,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jitter", type=int, default=20, help="max box jitter per side in training, image pixels")
     g.add_argument("--jitter-fraction", type=float, default=0.0,
                    help="max box jitter per side as a fraction of the box's size, capped by --jitter (0: off)")
+    g.add_argument("--click-prob", type=float, default=0.0,
+                   help="probability that an object also gets a simulated corrective click (trains point prompts)")
     g.add_argument("--augment", action="store_true", help="random flips and 90-degree turns")
     g.add_argument("--parts", nargs="+", default=list(PART_NAMES), choices=list(PART_NAMES),
                    help="what trains (mask_decoder: SAM's two-way transformer and hypernetwork MLPs)")
@@ -97,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CT window in HU for NIfTI data (default -125 275)")
     d.add_argument("--organs", type=int, nargs="+", metavar="ID",
                    help="NIfTI data: only these label ids (e.g. 6 = liver in BCV and AMOS); default all")
+    d.add_argument("--head-size", type=int, default=512, help="full-resolution side of the --head-data images")
     d.add_argument("--synthetic-size", type=int, default=96, help="long side of the --synthetic images")
     d.add_argument("--synthetic-mask-scale", type=int, default=1, metavar="K",
                    help="render the --synthetic training masks K times finer than the images (exact sub-pixel "
@@ -152,9 +159,17 @@ def load_training_model(args: argparse.Namespace):
 
 
 def load_splits(args: argparse.Namespace) -> tuple[Sequence, Sequence]:
-    from .data import open_dataset, split_dataset
+    from .data import DatasetError, open_dataset, split_dataset
     from .synthetic import synthetic_splits
 
+    if args.head_data is not None:
+        if not args.head_data > 0 or args.head_size < 32 or args.head_size % 4:
+            raise DatasetError(f"--head-data needs a positive scale and --head-size a multiple of 4 >= 32, got "
+                               f"{args.head_data} and {args.head_size}")
+        from .head_data import head_splits
+
+        splits = head_splits(args.head_data, size=args.head_size, seed=args.split_seed)
+        return splits["train"], splits["val"]
     if args.synthetic is not None:
         splits = synthetic_splits(args.synthetic, size=args.synthetic_size, seed=args.split_seed,
                                   mask_scale=args.synthetic_mask_scale)
@@ -224,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 weight_decay=args.weight_decay, points=args.points, jitter=args.jitter, accumulate=args.accumulate,
                 mix_box=args.point_mix[0], mix_boundary=args.point_mix[1], mix_uniform=args.point_mix[2],
                 box_margin=args.box_margin, boundary_band=args.boundary_band, jitter_fraction=args.jitter_fraction,
-                augment=args.augment, patience=args.patience,
+                augment=args.augment, patience=args.patience, click_prob=args.click_prob,
                 seed=args.seed, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
                 parts=tuple(args.parts), device=device, amp=not args.no_amp, cache_embeddings=args.cache_embeddings,
                 workers=args.workers)
@@ -234,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume and not (args.out / "last.ckpt").is_file():
             say(f"imedsam-train: --resume: no checkpoint {args.out / 'last.ckpt'}; start without --resume.")
             return 2
+        model.set_trainable(config.parts)  # what fit trains, so the count below is that of --parts
         say(f"training {model.backbone_name} ({model.trainable_parameter_count():,} trainable parameters) on "
             f"{len(train)} samples, validating on {len(val)}, {info.world_size} process(es) -> {args.out}")
         callbacks = CLICallbacks(args.steps, info.is_main)

@@ -34,8 +34,7 @@ QT = ("qtpy", "PyQt", "PySide", "napari.", "magicgui")
     ("napari_imedsam/model", (*UPPER, "napari_imedsam.io", "napari_imedsam.samples", *QT)),
     ("napari_imedsam/io", (*UPPER, *QT)),
     ("napari_imedsam/samples", (*UPPER, "napari_imedsam.model", "napari_imedsam.io", *QT)),
-    ("src_training", ("napari_imedsam.engine", "napari_imedsam.finetune", "napari_imedsam.widgets",
-                      "napari_imedsam.samples", *QT)),
+    ("src_training", ("napari_imedsam.engine", "napari_imedsam.finetune", "napari_imedsam.widgets", *QT)),
     ("napari_imedsam/engine", ("napari_imedsam.widgets", "napari_imedsam.finetune", *QT)),
     ("napari_imedsam/finetune", ("napari_imedsam.widgets", "napari_imedsam.engine", *QT)),
 ])
