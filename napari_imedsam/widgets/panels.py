@@ -172,7 +172,10 @@ def build(parent: QWidget) -> SimpleNamespace:
     f.addRow(_row(ui.hires, ui.outline))
     ui.uncertainty = QCheckBox("uncertainty of the current object (MC-dropout variance)")
     ui.uncertainty.setToolTip("Where the model is unsure: check and correct there (Shift+U).")
-    f.addRow(ui.uncertainty)
+    ui.next_uncertain = _button("Next uncertain object", "Go to the object (on any slice) whose mask the model is "
+                                "least sure of, then the next one on each press: correct where it pays most "
+                                "(Shift+R)")
+    f.addRow(_row(ui.uncertainty, ui.next_uncertain))
     ui.contour_factor = QComboBox()
     ui.contour_factor.addItems(["1x", "2x", "4x", "8x"])
     ui.contour_factor.setCurrentText("4x")

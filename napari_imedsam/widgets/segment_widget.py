@@ -9,10 +9,12 @@ Public API (used by the fine-tune widget, the demo script and tests)::
     w.predictor, w.current_model(), w.apply_model(model, "new adapters"), w.model_changed (Qt signal)
     w.image_layer(), w.current_slice(), w.current_window(), w.wait_idle(timeout), w.is_idle()
     w.undo(), w.redo(), w.clear_object(), w.propagate("both"), w.trace_contours(4), w.export_masks(path, 2)
+    w.next_uncertain()                      # select the object the model is least sure of
 """
 
 from __future__ import annotations
 
+import numpy as np
 from napari.layers import Points, Shapes
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QWidget
@@ -65,7 +67,7 @@ class SegmentWidget(QWidget):
             "Control-Z": self.undo, "Control-Shift-Z": self.redo, "Shift-N": self.objects.next_object,
             "Shift-X": self.clear_object, "Shift-H": self.toggle_hires, "Shift-U": self.ui.uncertainty.toggle,
             "Shift-T": lambda: self.propagate("both"), "Shift-O": self.trace_contours, "Shift-W": self.cycle_window,
-            "Shift-P": lambda: self.clicks.toggle_negative(),
+            "Shift-P": lambda: self.clicks.toggle_negative(), "Shift-R": self.next_uncertain,
         }
         self.boxes = BoxController(self.ctx, self.shortcut_actions, self)
         self.clicks = ClickController(self.ctx, lambda s, obj, old: self.boxes.queue(BoxJob(s, obj, old)),
@@ -124,6 +126,8 @@ class SegmentWidget(QWidget):
         ui.hires.toggled.connect(self.hires.set_enabled)
         ui.outline.toggled.connect(self.hires.set_outline)
         ui.uncertainty.toggled.connect(self._on_uncertainty_toggled)
+        ui.next_uncertain.clicked.connect(self.next_uncertain)
+        self.tools.selected.connect(self._show_object)
         ui.contours.clicked.connect(lambda: self.trace_contours())
         ui.prop_up.clicked.connect(lambda: self.propagate("up"))
         ui.prop_down.clicked.connect(lambda: self.propagate("down"))
@@ -315,6 +319,25 @@ class SegmentWidget(QWidget):
         self.tools.hide_stale_uncertainty()
         if self.ui.uncertainty.isChecked():
             self.tools.unc_timer.start()
+
+    def next_uncertain(self) -> None:
+        """Select the object the model is least sure of (the next one on each call) and show its uncertainty."""
+        self.tools.next_uncertain()
+
+    def _show_object(self, sess, obj) -> None:
+        """Bring ``obj`` into view: its slice, the camera on its box, its uncertainty overlay."""
+        x0, y0, x1, y1 = obj.box
+        centre = [(y0 + y1) / 2 - 0.5, (x0 + x1) / 2 - 0.5]
+        data = [obj.slice, *centre] if obj.slice is not None else centre
+        world = np.asarray(sess.image.data_to_world(np.asarray(data, dtype=float)), dtype=float)
+        if obj.slice is not None:
+            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, world[-3])
+        self.camera.center = tuple(world[-2:])
+        self._sync_labels()
+        if self.ui.uncertainty.isChecked():
+            self.tools.update_uncertainty()
+        else:
+            self.ui.uncertainty.setChecked(True)
 
     def _on_uncertainty_toggled(self, on: bool) -> None:
         self.tools.uncertainty_on = bool(on)

@@ -18,6 +18,7 @@ SHORTCUTS: tuple[tuple[str, str, str], ...] = (
     ("Shift-O", "Shift+O", "trace the objects' outlines into a Shapes layer"),
     ("Shift-W", "Shift+W", "next CT window preset"),
     ("Shift-P", "Shift+P", "clicks on the clicks layer: positive (add) / negative (remove)"),
+    ("Shift-R", "Shift+R", "review: select the object the model is least sure of (next one on each press)"),
 )
 KEYS = tuple(key for key, _, _ in SHORTCUTS)
 

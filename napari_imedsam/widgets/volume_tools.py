@@ -2,7 +2,8 @@
 export. Each runs the engine in a worker and touches layers only on the GUI thread.
 
 Signals: ``progress(done, total)`` of a propagation (``total`` 0 when it ended), ``propagated()`` when
-it ended, ``status(session, text)`` for the status line."""
+it ended, ``status(session, text)`` for the status line, ``selected(session, object)`` when *Next uncertain
+object* chose one."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..engine.history import paste_mask
 from ..engine.interpolation import interpolate_between
 from ..engine.propagation import PropagationSettings, propagate_volume
 from ..engine.refine import refine_slice
+from ..engine.review import next_to_review, rank_by_uncertainty
 from ..engine.viewport import region_transform
 from .context import SegmentContext
 from .layers import base_data, displayed_geometry, has_plain_transform, image_hw, label_color, n_slices
@@ -28,6 +30,7 @@ class VolumeTools(QObject):
     progress = Signal(int, int)
     propagated = Signal()
     status = Signal(object, str)
+    selected = Signal(object, object)  # (session, object) chosen by next_uncertain
 
     def __init__(self, ctx: SegmentContext, parent: QObject | None = None):
         super().__init__(parent)
@@ -35,6 +38,8 @@ class VolumeTools(QObject):
         self.uncertainty_on = False  # the widget's checkbox
         self.propagation = None  # the running propagation worker
         self.last_propagation: dict | None = None
+        self.reviewed: dict[int, set[int]] = {}  # per session: uids visited by next_uncertain this round
+        self._review_note: dict[int, tuple[int, str]] = {}  # per session: (uid, its rank message)
         self._unc_key = None  # (image, slice, window, model) the uncertainty overlay shows
         self.unc_timer = QTimer(self)  # debounce: scrolling through slices asks once
         self.unc_timer.setSingleShot(True)
@@ -250,10 +255,52 @@ class VolumeTools(QObject):
             layer.contrast_limits = (0.0, hi)
             layer.visible = True
             self._unc_key = (*key[:3], key[-1])
-            self.status.emit(sess, f"uncertainty of label {obj.label}: max variance {var.max():.3g}")
+            text = f"uncertainty of label {obj.label}: max variance {var.max():.3g}"
+            note = self._review_note.get(id(sess))
+            self.status.emit(sess, text if note is None or note[0] != obj.uid else f"{note[1]}; {text}")
 
         ctx.start(ctx.segmenter.uncertainty, src, obj.box, desc="Uncertainty (MC dropout)",
                         on_return=on_return)
+
+    # ---- review ---------------------------------------------------------------------------------------------
+    def next_uncertain(self) -> None:
+        """Select the committed object (on any slice) whose mask the model is least sure of, not visited yet in
+        this round; go to its slice and show its uncertainty."""
+        ctx = self.ctx
+        sess = ctx.session()
+        if sess is None or not sess.store.objects:
+            ctx.notifier.warning("No objects yet: draw boxes first, then ask for the least sure one.")
+            return
+        if not ctx.ensure_model():
+            return
+        if not ctx.segmenter.predictor.model.config.ugs:
+            ctx.notifier.warning("This model has uncertainty-guided sampling switched off: it cannot rank objects.")
+            return
+        window = ctx.current_window()
+        items = [(ctx.slice_image(sess.image, o.slice, window), o) for o in sess.store.objects]
+        where = "slice" if sess.volume else "image"
+
+        def on_return(ranked) -> None:
+            obj, restarted = next_to_review(ranked, self.reviewed.setdefault(id(sess), set()))
+            if obj is None:
+                ctx.notifier.warning("No object could be ranked: their boxes no longer fit the image.")
+                return
+            if restarted:
+                self.reviewed[id(sess)] = set()
+            self.reviewed[id(sess)].add(obj.uid)
+            score = next(sc for sc, o in ranked if o is obj)
+            rank = 1 + [o for _, o in ranked].index(obj)
+            on = f" on {where} {obj.slice}" if obj.slice is not None else ""
+            again = " (every object was visited: a new round)" if restarted else ""
+            note = (f"label {obj.label}{on}: mean variance {score:.3g}, rank {rank} of {len(ranked)} by "
+                    f"uncertainty{again}")
+            self._review_note[id(sess)] = (obj.uid, note)
+            sess.current = obj
+            self.status.emit(sess, note)
+            self.selected.emit(sess, obj)
+
+        ctx.start(rank_by_uncertainty, ctx.segmenter, items, desc="Ranking objects by uncertainty",
+                  on_return=on_return)
 
     # ---- export -----------------------------------------------------------------------------------------
     def export(self, path: str | Path, factor: int = 1) -> None:
