@@ -95,9 +95,10 @@ def downsample(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def score(pred, nuclei: Sequence[Nucleus], hw: tuple[int, int], factor: int, methods: Sequence[str] = METHODS,
-          device: torch.device | None = None) -> dict[str, list[dict]]:
-    """Per-nucleus metrics of each method; ``pred`` holds the image downsampled by ``factor``; masks are
-    rendered at the native grid (``hw``)."""
+          device: torch.device | None = None, base=None) -> dict[str, list[dict]]:
+    """Per-object metrics of each method; ``pred`` holds the image downsampled by ``factor``; masks are
+    rendered at the native grid (``hw``). ``base`` (a Predictor of the plain backbone on the same image)
+    gives the "backbone + bilinear" row; without it that row is ``pred``'s own ``predict_backbone``."""
     from src_training.evaluate import box_window
     from src_training.metrics import compute_metrics
 
@@ -112,11 +113,47 @@ def score(pred, nuclei: Sequence[Nucleus], hw: tuple[int, int], factor: int, met
                 bx0, by0, bx1, by1 = (int(v) for v in n.box)
                 full[by0:by1, bx0:bx1] = True
             else:
-                fn = pred.predict if method == "I-MedSAM" else pred.predict_backbone
+                fn = pred.predict if method == "I-MedSAM" else (base or pred).predict_backbone
                 amp = autocast(device) if device is not None else contextlib.nullcontext()
                 with torch.no_grad(), amp:
                     full[y0:y1, x0:x1] = fn(box, out_shape=(y1 - y0, x1 - x0), region=region) > 0.5
             out[method].append({"label": n.label, **compute_metrics(full, n.mask)})
+    return out
+
+
+def uncertainty_ratio(pred, objects: Sequence[Nucleus], hw: tuple[int, int], factor: int) -> dict:
+    """Is the MC-dropout variance high where the mask is wrong? Pooled over the objects: mean variance in
+    the wrong pixels / in the right pixels, inside each object's box (native grid)."""
+    sums = {"wrong": [0.0, 0], "right": [0.0, 0]}
+    for n in objects:
+        x0, y0, x1, y1 = (int(v) for v in n.box)
+        region = (y0 / factor, x0 / factor, y1 / factor, x1 / factor)
+        box = n.box / factor
+        with torch.no_grad():
+            prob = pred.predict(box, out_shape=(y1 - y0, x1 - x0), region=region)
+            var = pred.uncertainty(box, out_shape=(y1 - y0, x1 - x0), region=region)
+        wrong = (prob > 0.5) != n.mask[y0:y1, x0:x1]
+        for key, sel in (("wrong", wrong), ("right", ~wrong)):
+            sums[key][0] += float(var[sel].sum())
+            sums[key][1] += int(sel.sum())
+    mean = {k: (v[0] / v[1] if v[1] else float("nan")) for k, v in sums.items()}
+    ratio = mean["wrong"] / mean["right"] if mean["right"] > 0 else float("nan")
+    return {"var_wrong": mean["wrong"], "var_right": mean["right"], "ratio": ratio,
+            "wrong_px": sums["wrong"][1], "right_px": sums["right"][1]}
+
+
+def phantom_objects(seed: int, slices: int, size: int = 512) -> list[tuple[np.ndarray, list[Nucleus]]]:
+    """(windowed slice in [0, 1], its organs) for ``slices`` slices of the CT phantom at ``seed``."""
+    from napari_imedsam.samples.phantom import make_ct_phantom
+    from src_training.head_data import CT_WINDOW
+
+    hu, labels, _ = make_ct_phantom((3 * slices, size, size), seed=seed)
+    lo, hi = CT_WINDOW
+    out = []
+    for z in range(1, 3 * slices, 3):
+        organs = [Nucleus(o.label + 100 * z + 10000 * seed, o.mask, o.box)
+                  for o in objects_of(labels[z].astype(np.int32), min_area=30)]
+        out.append(((np.clip(hu[z], lo, hi) - lo) / (hi - lo), organs))
     return out
 
 
@@ -201,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heldout", type=int, default=40,
                         help="held-out nuclei scored by the fine-tuning curve (0: all that were not trained on)")
     parser.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning curve")
+    parser.add_argument("--adapters", type=Path, default=None,
+                        help="adapters of the I-MedSAM rows (default: the embedded head)")
+    parser.add_argument("--phantom-seeds", type=int, default=2,
+                        help="CT phantom patients scored (seeds 100, 101, ...; the head trains on 200-202; 0: skip)")
+    parser.add_argument("--phantom-slices", type=int, default=6, help="slices per phantom patient")
     args = parser.parse_args(argv)
     device = devices_for(args.device)[-1]  # accuracy does not depend on the device: the fastest one
     backbone = "tiny" if args.quick else "litemedsam"
@@ -210,19 +252,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(nuclei) <= max(counts):
         raise SystemExit(f"only {len(nuclei)} nuclei: not enough for fine-tuning on {max(counts)}")
     hw = image.shape[:2]
-    model = load_model(backbone)
-    head = "embedded default head" if default_adapters_path(backbone) else "identity head (no default head shipped)"
-    pred = Predictor(model, device=device)
-    rows, per_nucleus = [], {}
+    model = load_model(backbone, adapters=args.adapters if args.adapters else True)
+    if args.adapters:
+        head = f"adapters {args.adapters}"
+    else:
+        head = "embedded default head" if default_adapters_path(backbone) else "identity head (no default head shipped)"
+    pred, base = Predictor(model, device=device), Predictor(load_model(backbone, adapters=None), device=device)
+    ugs = model.config.ugs
+    rows, per_nucleus, uncertainty = [], {}, []
     for factor in DOWNSAMPLE:
         small = downsample(image, factor)
         setting = "native" if factor == 1 else f"{small.shape[0]} -> {hw[0]} (1/{factor})"
         with section(f"score {len(nuclei)} nuclei, {setting}"):
             with autocast(device):
                 pred.set_image(small)
-            per = score(pred, nuclei, hw, factor, METHODS, device)
+                base.set_image(small)
+            per = score(pred, nuclei, hw, factor, METHODS, device, base=base)
+            if ugs:
+                uncertainty.append({"data": "DSB nuclei", "setting": setting,
+                                    **uncertainty_ratio(pred, nuclei, hw, factor)})
         per_nucleus[setting] = per
         rows += [{"method": m, "setting": setting, "factor": factor, **summarise(per[m])} for m in METHODS]
+    phantom_rows = []
+    n_seeds = min(args.phantom_seeds, 1) if args.quick else args.phantom_seeds
+    if n_seeds > 0:
+        size, n_slices = (128, 2) if args.quick else (512, args.phantom_slices)
+        slices = [s for seed in range(100, 100 + n_seeds) for s in phantom_objects(seed, n_slices, size)]
+        n_organs = sum(len(o) for _, o in slices)
+        for factor in DOWNSAMPLE:
+            setting = "native" if factor == 1 else f"{size // factor} -> {size} (1/{factor})"
+            per: dict[str, list[dict]] = {m: [] for m in METHODS}
+            sums = []
+            with section(f"score {n_organs} phantom organs, {setting}"):
+                for ct, organs in slices:
+                    small = downsample(ct, factor)
+                    pred.set_image(small)
+                    base.set_image(small)
+                    for m, v in score(pred, organs, ct.shape, factor, METHODS, device, base=base).items():
+                        per[m] += v
+                    if ugs:
+                        sums.append(uncertainty_ratio(pred, organs, ct.shape, factor))
+            phantom_rows += [{"method": m, "setting": setting, "factor": factor, **summarise(per[m])} for m in METHODS]
+            if sums:
+                wrong = sum(u["var_wrong"] * u["wrong_px"] for u in sums if u["wrong_px"])
+                right = sum(u["var_right"] * u["right_px"] for u in sums if u["right_px"])
+                nw, nr = sum(u["wrong_px"] for u in sums), sum(u["right_px"] for u in sums)
+                mw, mr = (wrong / nw if nw else float("nan")), (right / nr if nr else float("nan"))
+                uncertainty.append({"data": "CT phantom", "setting": setting, "var_wrong": mw, "var_right": mr,
+                                    "ratio": mw / mr if mr > 0 else float("nan"), "wrong_px": nw, "right_px": nr})
     curve, curve_settings = [], {}
     if not args.no_finetune:
         curve, curve_settings = finetune_curve(image, nuclei, per_nucleus["native"]["I-MedSAM"], backbone, counts,
@@ -230,10 +307,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine_info()
     result = {"machine": info, "quick": args.quick, "data": {"image": str(stardist_files()[0]), "shape": list(hw),
               "nuclei": len(nuclei)}, "backbone": backbone, "head": head, "device": device.type, "rows": rows,
+              "phantom_rows": phantom_rows, "uncertainty": uncertainty,
               "finetune": curve, "finetune_settings": curve_settings, "per_nucleus": per_nucleus}
     lines = [f"Machine: {machine_line(info)}", "",
              f"### DSB 2018 nuclei (stardist img2d.tif, {hw[0]}x{hw[1]}, {len(nuclei)} nuclei, tight boxes; "
-             f"{backbone}, {head})", "", accuracy_table(rows), ""]
+             f"{backbone}, {head}; the backbone rows: the plain backbone's decoder)", "", accuracy_table(rows), ""]
+    if phantom_rows:
+        lines += [f"### CT phantom, patients (seeds) 100-{99 + n_seeds}, never trained on (organs, tight boxes)", "",
+                  accuracy_table(phantom_rows), ""]
+    if uncertainty:
+        body = [[u["data"], u["setting"], f"{u['var_wrong']:.4g}", f"{u['var_right']:.4g}", f"{u['ratio']:.1f}"]
+                for u in uncertainty]
+        lines += ["### Uncertainty: MC-dropout variance in wrong / right pixels inside the boxes", "",
+                  markdown_table(["data", "input -> output", "variance wrong", "variance right", "ratio"], body), ""]
     if curve:
         s = curve_settings
         lines += [f"### Fine-tuning curve (the fine-tune widget's settings: {s['steps']} steps, batch "

@@ -37,8 +37,9 @@ class Target:
     name: str
 
 
-def click_run(pred, target: Target, hw: tuple[int, int], clicks: int, mask_prompt: bool) -> dict:
-    """Dice of I-MedSAM and of the backbone after 0..clicks clicks; seconds per click (I-MedSAM)."""
+def click_run(pred, target: Target, hw: tuple[int, int], clicks: int, mask_prompt: bool, baseline=None) -> dict:
+    """Dice of I-MedSAM and of the backbone (``baseline``: a Predictor of the plain backbone on the same image;
+    default ``pred``'s own decoder) after 0..clicks clicks; seconds per click (I-MedSAM)."""
     from src_training.evaluate import box_window
     from src_training.metrics import dice
 
@@ -60,7 +61,7 @@ def click_run(pred, target: Target, hw: tuple[int, int], clicks: int, mask_promp
         if i:
             seconds.append(time.perf_counter() - t0)
         kw.pop("mask_prompt", None)
-        backbone = pred.predict_backbone(target.box, out_shape=shape, region=region, **kw) > 0.5
+        backbone = (baseline or pred).predict_backbone(target.box, out_shape=shape, region=region, **kw) > 0.5
         ours.append(dice(window, truth))
         base.append(dice(backbone, truth))
         click = next_click(window, truth)
@@ -100,17 +101,21 @@ def phantom_targets(quick: bool) -> tuple[list[np.ndarray], list[Target], list]:
     return images, targets, windows
 
 
-def run_section(model, device, images, targets, windows, clicks: int, mask_prompt: bool, title: str) -> list[dict]:
+def run_section(model, device, images, targets, windows, clicks: int, mask_prompt: bool, title: str,
+                plain=None) -> list[dict]:
     from napari_imedsam import Predictor
 
     pred = Predictor(model, device=device)
+    base = Predictor(plain, device=device) if plain is not None else None
     rows, current = [], None
     with section(f"{title}: {len(targets)} objects, {clicks} clicks{' + mask prompt' if mask_prompt else ''}"):
         for t in targets:
             if t.scene != current:
                 pred.set_image(images[t.scene], window=windows[t.scene])
+                if base is not None:
+                    base.set_image(images[t.scene], window=windows[t.scene])
                 current = t.scene
-            rows.append(click_run(pred, t, images[t.scene].shape[:2], clicks, mask_prompt))
+            rows.append(click_run(pred, t, images[t.scene].shape[:2], clicks, mask_prompt, base))
     return rows
 
 
@@ -137,13 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = base_parser("clicks", "Dice after 0..N corrective clicks, I-MedSAM beside the backbone.", repeats=False)
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--nuclei", type=int, default=40, help="DSB nuclei to click on (random, seed 0)")
+    parser.add_argument("--adapters", default=None, help="adapters of the I-MedSAM rows (default: the embedded head)")
     parser.add_argument("--no-mask-prompt-run", action="store_true", help="skip the runs with the mask prompt")
     args = parser.parse_args(argv)
     import torch
 
     device = torch.device("cpu") if args.device in (None, "auto", "cpu") else torch.device(args.device)
     clicks = 2 if args.quick else args.clicks
-    model = load_model("tiny" if args.quick else "litemedsam")
+    backbone = "tiny" if args.quick else "litemedsam"
+    model = load_model(backbone, adapters=args.adapters or True)
+    plain = load_model(backbone, adapters=None)  # the baseline rows: the backbone's own decoder, untouched
     results, raw = {}, {}
     data = {"DSB nuclei": dsb_targets(args.quick, 3 if args.quick else args.nuclei)}
     if not args.quick:
@@ -151,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (images, targets, windows) in data.items():
         for mp in (False,) if args.no_mask_prompt_run or args.quick else (False, True):
             key = name + (", previous logits as mask prompt" if mp else "")
-            raw[key] = run_section(model, device, images, targets, windows, clicks, mp, key)
+            raw[key] = run_section(model, device, images, targets, windows, clicks, mp, key, plain)
             results[key] = summary(raw[key], clicks)
     info = machine_info()
     lines = [f"Machine: {machine_line(info)}", "", "### Dice (mean over objects) after corrective clicks", "",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from napari_imedsam.model import read_adapter_file
 from napari_imedsam.model.build import default_adapters_path
@@ -12,16 +15,31 @@ from napari_imedsam.model.build import default_adapters_path
 def test_default_head_is_shipped_and_documented():
     path = default_adapters_path("litemedsam")
     assert path is not None, "napari_imedsam/weights/litemedsam_default.safetensors is missing"
-    assert path.stat().st_size < 5 * 2**20
-    _, meta = read_adapter_file(path)
+    assert path.stat().st_size < 20 * 2**20  # SAM's mask decoder (4 M weights) and the INR heads, in fp32
+    tensors, meta = read_adapter_file(path)  # safetensors: nothing is unpickled
     assert meta["backbone"] == "litemedsam"
     assert meta["training_command"].startswith("imedsam-train ")
-    assert "--backbone litemedsam" in meta["training_command"] and "--synthetic" in meta["training_command"]
+    assert "--backbone litemedsam" in meta["training_command"] and "--head-data" in meta["training_command"]
     assert meta["head"] in ("trained", "zero-correction")
     card = path.with_name("MODEL_CARD.md").read_text()
-    assert meta["training_command"] in card
+    assert " ".join(meta["training_command"].split()) in " ".join(card.split())
     if meta["head"] == "zero-correction":
         assert meta["why"] and "zero correction" in card
+    else:  # a trained head names its data and the held-out numbers it shipped on, as the card does
+        assert "head_data" in meta["data"] and json.loads(meta["heldout"])["dsb_nuclei"]
+        assert "mask_decoder" in json.loads(meta["stored_parts"])
+        assert any(k.startswith("box_decoder.mask_decoder.transformer.") for k in tensors)
+
+
+@pytest.mark.slow
+def test_the_plain_backbone_is_one_call_away():
+    from napari_imedsam import load_model
+
+    plain, default = load_model("litemedsam", adapters=None), load_model("litemedsam")
+    key = "box_decoder.mask_decoder.transformer.layers.0.mlp.lin1.weight"
+    _, meta = read_adapter_file(default_adapters_path("litemedsam"))
+    differs = not torch.equal(plain.state_dict()[key], default.state_dict()[key])
+    assert differs == (meta["head"] == "trained")  # adapters=None: LiteMedSAM's own decoder, untouched
 
 
 @pytest.mark.slow
