@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from src_training.head_data import ct_unit, downsample
+
 from .common import autocast, base_parser, devices_for, fmt, machine_info, machine_line, markdown_table, section
 from .common import write_json as write_results
 
@@ -84,16 +86,6 @@ def load_nuclei(quick: bool) -> tuple[np.ndarray, list[Nucleus]]:
     return image, nuclei[:5] if quick else nuclei
 
 
-def downsample(image: np.ndarray, factor: int) -> np.ndarray:
-    if factor == 1:
-        return image
-    from skimage.transform import resize
-
-    h, w = image.shape[:2]
-    small = resize(image.astype(np.float32), (h // factor, w // factor), anti_aliasing=True, preserve_range=True)
-    return small.astype(np.float32)
-
-
 def score(pred, nuclei: Sequence[Nucleus], hw: tuple[int, int], factor: int, methods: Sequence[str] = METHODS,
           device: torch.device | None = None, base=None) -> dict[str, list[dict]]:
     """Per-object metrics of each method; ``pred`` holds the image downsampled by ``factor``; masks are
@@ -121,9 +113,9 @@ def score(pred, nuclei: Sequence[Nucleus], hw: tuple[int, int], factor: int, met
     return out
 
 
-def uncertainty_ratio(pred, objects: Sequence[Nucleus], hw: tuple[int, int], factor: int) -> dict:
-    """Is the MC-dropout variance high where the mask is wrong? Pooled over the objects: mean variance in
-    the wrong pixels / in the right pixels, inside each object's box (native grid)."""
+def uncertainty_sums(pred, objects: Sequence[Nucleus], hw: tuple[int, int], factor: int) -> dict[str, list]:
+    """MC-dropout variance summed over the wrong and the right pixels inside each object's box (native
+    grid), with the pixel counts: ``{"wrong": [sum, n], "right": [sum, n]}``."""
     sums = {"wrong": [0.0, 0], "right": [0.0, 0]}
     for n in objects:
         x0, y0, x1, y1 = (int(v) for v in n.box)
@@ -136,24 +128,29 @@ def uncertainty_ratio(pred, objects: Sequence[Nucleus], hw: tuple[int, int], fac
         for key, sel in (("wrong", wrong), ("right", ~wrong)):
             sums[key][0] += float(var[sel].sum())
             sums[key][1] += int(sel.sum())
-    mean = {k: (v[0] / v[1] if v[1] else float("nan")) for k, v in sums.items()}
+    return sums
+
+
+def uncertainty_ratio(parts: Sequence[dict[str, list]]) -> dict:
+    """Is the MC-dropout variance high where the mask is wrong? ``uncertainty_sums`` of one or more images,
+    pooled: mean variance in the wrong pixels / in the right pixels."""
+    total = {k: [sum(p[k][0] for p in parts), sum(p[k][1] for p in parts)] for k in ("wrong", "right")}
+    mean = {k: (v[0] / v[1] if v[1] else float("nan")) for k, v in total.items()}
     ratio = mean["wrong"] / mean["right"] if mean["right"] > 0 else float("nan")
     return {"var_wrong": mean["wrong"], "var_right": mean["right"], "ratio": ratio,
-            "wrong_px": sums["wrong"][1], "right_px": sums["right"][1]}
+            "wrong_px": total["wrong"][1], "right_px": total["right"][1]}
 
 
 def phantom_objects(seed: int, slices: int, size: int = 512) -> list[tuple[np.ndarray, list[Nucleus]]]:
     """(windowed slice in [0, 1], its organs) for ``slices`` slices of the CT phantom at ``seed``."""
     from napari_imedsam.samples.phantom import make_ct_phantom
-    from src_training.head_data import CT_WINDOW
 
     hu, labels, _ = make_ct_phantom((3 * slices, size, size), seed=seed)
-    lo, hi = CT_WINDOW
     out = []
     for z in range(1, 3 * slices, 3):
         organs = [Nucleus(o.label + 100 * z + 10000 * seed, o.mask, o.box)
                   for o in objects_of(labels[z].astype(np.int32), min_area=30)]
-        out.append(((np.clip(hu[z], lo, hi) - lo) / (hi - lo), organs))
+        out.append((ct_unit(hu[z]), organs))
     return out
 
 
@@ -270,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             per = score(pred, nuclei, hw, factor, METHODS, device, base=base)
             if ugs:
                 uncertainty.append({"data": "DSB nuclei", "setting": setting,
-                                    **uncertainty_ratio(pred, nuclei, hw, factor)})
+                                    **uncertainty_ratio([uncertainty_sums(pred, nuclei, hw, factor)])})
         per_nucleus[setting] = per
         rows += [{"method": m, "setting": setting, "factor": factor, **summarise(per[m])} for m in METHODS]
     phantom_rows = []
@@ -291,15 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for m, v in score(pred, organs, ct.shape, factor, METHODS, device, base=base).items():
                         per[m] += v
                     if ugs:
-                        sums.append(uncertainty_ratio(pred, organs, ct.shape, factor))
+                        sums.append(uncertainty_sums(pred, organs, ct.shape, factor))
             phantom_rows += [{"method": m, "setting": setting, "factor": factor, **summarise(per[m])} for m in METHODS]
             if sums:
-                wrong = sum(u["var_wrong"] * u["wrong_px"] for u in sums if u["wrong_px"])
-                right = sum(u["var_right"] * u["right_px"] for u in sums if u["right_px"])
-                nw, nr = sum(u["wrong_px"] for u in sums), sum(u["right_px"] for u in sums)
-                mw, mr = (wrong / nw if nw else float("nan")), (right / nr if nr else float("nan"))
-                uncertainty.append({"data": "CT phantom", "setting": setting, "var_wrong": mw, "var_right": mr,
-                                    "ratio": mw / mr if mr > 0 else float("nan"), "wrong_px": nw, "right_px": nr})
+                uncertainty.append({"data": "CT phantom", "setting": setting, **uncertainty_ratio(sums)})
     curve, curve_settings = [], {}
     if not args.no_finetune:
         curve, curve_settings = finetune_curve(image, nuclei, per_nucleus["native"]["I-MedSAM"], backbone, counts,

@@ -31,7 +31,7 @@ def heldout_summary(path: Path) -> dict:
     return out
 
 
-def passes(summary: dict) -> list[str]:
+def rule_failures(summary: dict) -> list[str]:
     """What fails the shipping rule on the DSB nuclei (empty: it passes)."""
     d = summary["dsb_nuclei"]
     head, base, box = d["I-MedSAM"], d["backbone + bilinear"], d["box as mask"]
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = json.loads((args.run / "metrics.json").read_text())
     summary = heldout_summary(args.heldout)
-    bad = passes(summary)
+    bad = rule_failures(summary)
     if bad and not args.force:
         print("not shipped, the head fails the rule: " + "; ".join(bad), file=sys.stderr)
         return 1

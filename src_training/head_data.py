@@ -56,6 +56,13 @@ def _unit(image: np.ndarray) -> np.ndarray:
     return image_to_unit(image)
 
 
+def ct_unit(hu: np.ndarray) -> np.ndarray:
+    """A CT slice in HU through the soft-tissue window, grey in [0, 1] (``image_to_unit``'s windowing)."""
+    from napari_imedsam.model.preprocess import image_to_unit
+
+    return image_to_unit(hu, CT_WINDOW)[..., 0]
+
+
 def downsample(image: np.ndarray, factor: int) -> np.ndarray:
     """Anti-aliased reduction by an integer ``factor`` (the accuracy benchmark's cross-resolution input)."""
     if factor == 1:
@@ -130,9 +137,9 @@ def cell_field(seed: int, index: int, size: int = 512) -> tuple[np.ndarray, np.n
     if rng.random() < 0.25:  # dark objects on a light background (e.g. stained tissue)
         image = 1.0 - image
     # keep objects still mostly visible after occlusion by later ones
-    for i, area in drawn:
-        if (labels == i).sum() < 0.6 * area:
-            labels[labels == i] = 0
+    visible = np.bincount(labels.ravel(), minlength=n + 1)
+    hidden = [i for i, area in drawn if visible[i] < 0.6 * area]
+    labels[np.isin(labels, hidden)] = 0
     return image.astype(np.float32), labels
 
 
@@ -176,11 +183,10 @@ def ct_samples(seeds: Sequence[int], slices: int, size: int, factors: Sequence[i
 
     names = {v: k for k, v in ORGAN_IDS.items()}
     out = []
-    lo, hi = CT_WINDOW
     for seed in seeds:
         hu, labels, spacing = make_ct_phantom((3 * slices, size, size), seed=int(seed))
         for z in range(1, 3 * slices, 3):
-            image = (np.clip(hu[z], lo, hi) - lo) / (hi - lo)
+            image = ct_unit(hu[z])
             min_area = max(16, int(30 * (size / 512) ** 2))
             masks = [(labels[z] == i, i, names.get(i)) for i in _objects(labels[z], min_area)]
             out += _per_factor(image, masks, factors, f"head-data CT phantom seed {seed} slice {z}",
