@@ -1,7 +1,7 @@
 """How much fine-tuning learns from a handful of corrections, through the fine-tune widget's own code path.
 
     python -m benchmarks.finetune_curve [--quick] [--device auto|cpu|cuda] [--counts 5 10 20 40]
-                                        [--sections dsb phantom nuclei3d] [--lora-fa] [--json PATH]
+                                        [--sections dsb phantom nuclei3d mri] [--lora-fa] [--json PATH]
 
 Every run is what a user gets: the corrected objects go into a project folder with ``Project.add_slice``,
 ``FinetuneRun`` trains with ``FinetuneSettings()`` defaults (held-out split, early stopping, the point mix,
@@ -14,6 +14,8 @@ that were never trained on. Rows: before (the untrained default), after, and the
   (even) kidney slices of the same volume and on a phantom of another seed.
 - stardist's 3-D nuclei (``img3d.tif``): correct the nuclei of every fourth z-slice (z = 1, 5, ...), test the
   slices half-way between (z = 3, 7, ...).
+- nibabel's T1 MRI (``anatomical.nii``, the plugin's MRI sample): the CSF-dark structures of the central window
+  (``dark_structures``), corrected on every other slice (z = 1, 3, ...), tested on the slices between (z = 0, 2, ...).
 
 Also: the MC-dropout variance inside the error region over the variance elsewhere (after fine-tuning), and
 with ``--lora-fa`` the DSB k=20 run with LoRA + FA trained as well (slower on a CPU).
@@ -224,6 +226,53 @@ def nuclei3d_rows(backbone: str, settings, device, quick: bool) -> list[dict]:
                 before["box as mask"], outcome, wall)]
 
 
+def dark_structures(volume: np.ndarray, threshold: float = 6000.0) -> np.ndarray:
+    """The MRI structure the MRI rows segment: per slice, the CSF-dark regions (T1 below ``threshold`` after a
+    0.6-px smoothing) of at least 8 px that lie wholly inside the central window (rows 3-31, columns 7-25 of
+    nibabel's 41x33 ``anatomical.nii`` slices: the ventricles and the midline), one label per region."""
+    from scipy import ndimage
+
+    out = np.zeros(volume.shape, np.uint16)
+    smooth = ndimage.gaussian_filter(volume.astype(np.float32), (0, 0.6, 0.6))
+    window = np.zeros(volume.shape[1:], bool)
+    window[3:32, 7:26] = True
+    for z in range(volume.shape[0]):
+        regions, n = ndimage.label((smooth[z] < threshold) & window)
+        k = 1
+        for i, sl in enumerate(ndimage.find_objects(regions), start=1):
+            inside = sl[0].start > 2 and sl[0].stop <= 31 and sl[1].start > 7 and sl[1].stop <= 25
+            if inside and (regions[sl] == i).sum() >= 8:
+                out[z][regions == i] = k
+                k += 1
+    return out
+
+
+def mri_rows(backbone: str, settings, device, quick: bool) -> list[dict]:
+    from napari_imedsam import load_model
+    from napari_imedsam.io.volumes import load_nifti
+    from napari_imedsam.sample_data import _nibabel_anatomical
+
+    vol = load_nifti(_nibabel_anatomical()).data.astype(np.float32)
+    lab = dark_structures(vol)
+    zs = [z for z in range(vol.shape[0]) if lab[z].any()]
+    train_z = [z for z in zs if z % 2 == 1][: 2 if quick else None]
+    train = [(vol[z], lab[z], (z,)) for z in train_z]
+    test = [Scene(vol[z], objects_of(lab[z], min_area=8), None, f"z {z}") for z in zs if z not in train_z]
+    test = test[: 2 if quick else None]
+    n_train = sum(int(t[1].max()) for t in train)
+    base = load_model(backbone)
+    with section(f"MRI: fine-tune on {n_train} dark structures of {len(train)} slices"):
+        outcome, wall = finetune(load_model(backbone), train, settings)
+    model = outcome.model or base
+    with section("MRI: score the other slices"):
+        before, after = score_scenes(base, test, device), score_scenes(model, test, device, ("I-MedSAM",))
+        plain = score_scenes(load_model(backbone, adapters=None), test, device, ("I-MedSAM",))
+    got = row("MRI (nibabel anatomical.nii) dark structures, other slices", n_train, before["I-MedSAM"],
+              after["I-MedSAM"], before["box as mask"], outcome, wall)
+    got["plain_backbone"] = plain["I-MedSAM"]
+    return [got]
+
+
 ABLATIONS = {  # name -> TrainConfig changes from the widget's configuration (DSB, 20 nuclei, fixed steps)
     "widget defaults (point mix, mask decoder, 1024 points)": {},
     "uniform points": dict(mix_box=0.0, mix_boundary=0.0, mix_uniform=1.0),
@@ -293,9 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = base_parser("finetune_curve", "Held-out Dice before/after fine-tuning on a few corrected objects.",
                          repeats=False)
     parser.add_argument("--counts", type=int, nargs="+", default=None, help="DSB: corrected nuclei per run")
-    parser.add_argument("--sections", nargs="+", default=["dsb", "phantom", "nuclei3d"],
+    parser.add_argument("--sections", nargs="+", default=["dsb", "phantom", "nuclei3d", "mri"],
                         help="what to run (ablation: the DSB runs behind the default settings, ~15 min)",
-                        choices=["dsb", "phantom", "nuclei3d", "ablation"])
+                        choices=["dsb", "phantom", "nuclei3d", "mri", "ablation"])
     parser.add_argument("--lora-fa", nargs="?", const="also", choices=["also", "only"],
                         help="also (or only) the DSB k=20 run with LoRA + FA trained")
     parser.add_argument("--steps", type=int, default=0, help="fixed steps per run (default: the widget's auto)")
@@ -315,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += phantom_rows(backbone, settings, device, args.quick)
     if "nuclei3d" in args.sections:
         rows += nuclei3d_rows(backbone, settings, device, args.quick)
+    if "mri" in args.sections:
+        rows += mri_rows(backbone, settings, device, args.quick)
     ablation = []
     if "ablation" in args.sections:
         ablation = ablation_rows(backbone, settings, device, args.quick, args.steps or (2 if args.quick else 60))

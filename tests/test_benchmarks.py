@@ -84,11 +84,14 @@ def test_finetune_curve_quick(tmp_path):
     if importlib.util.find_spec("stardist") is None:
         pytest.skip("needs the stardist data files: pip install --no-deps stardist==0.9.1")
     result = run_benchmark("finetune_curve", tmp_path / "curve.json", "--sections", "dsb", "phantom", "nuclei3d",
-                           "ablation")
+                           "mri", "ablation")
     check_machine(result["machine"])
     names = {r["data"] for r in result["rows"]}
     assert {"DSB nuclei", "phantom kidneys, same volume", "phantom kidneys, another seed",
-            "stardist 3-D nuclei, other z-slices"} <= names
+            "stardist 3-D nuclei, other z-slices",
+            "MRI (nibabel anatomical.nii) dark structures, other slices"} <= names
+    mri = next(r for r in result["rows"] if r["data"].startswith("MRI"))
+    assert 0.0 <= mri["plain_backbone"]["dice"] <= 1.0 and mri["split"] == "slices"
     for r in result["rows"]:
         assert r["corrected"] > 0 and r["trained"] + r["held_out_pairs"] == r["corrected"]
         assert r["split"] in ("slices", "objects", "none")
