@@ -57,6 +57,15 @@ class PropagationSettings:
       (LiteMedSAM fills about half of any box at a faint end): 3-D Dice with an ideal stop 0.673 -> 0.693 on
       nuclei, 0.895 -> 0.896 on the phantom. A mask prompt (the previous slice's logits as SAM's mask input,
       with the box) lowered it to 0.588: LiteMedSAM was trained with boxes only.
+
+    Re-chosen for the trained default head (its masks stay confident past an object's end, so the rules
+    above let nuclei run on into the next nucleus of the stack: 3-D Dice 0.633, 2.0 slices past an end on
+    average, up to 17), by replaying rule sets on the same cached logits (nuclei; phantom seeds 0 and 3):
+    ``max_regrowth`` 1.5 -> 1.1 (0.633 -> 0.657 at 1.3, 0.668 at 1.2), ``max_seed_shift`` 2 -> 1 (phantom:
+    at most 1 slice past an end instead of 3), ``doubt_relative_contrast`` 0.5 -> 0.6. Together: nuclei
+    0.633 -> 0.689 (slices covered 90 -> 87 %, past an end 2.0 -> 0.9 on average), phantom 0.947 -> 0.951.
+    Stricter stability doubts (0.95) reach 0.698 but cover 83 %; box prompts without the intensity rule lose
+    (0.604).
     """
 
     limit: int | None = None  # at most this many slices per direction
@@ -67,16 +76,16 @@ class PropagationSettings:
     # hard rules: one failing slice stops it
     max_growth: float | None = 2.0  # the area grows more than this factor from one slice to the next (leak)
     min_overlap: float | None = 0.3  # share of the mask inside the previous slice's mask (jumped elsewhere)
-    max_seed_shift: float | None = 2.0  # mean intensity's drift from the seed's towards the background (contrasts)
+    max_seed_shift: float | None = 1.0  # mean intensity's drift from the seed's towards the background (contrasts)
     max_seed_gain: float | None = 1.5  # ... and away from the background (brighter than a bright seed)
-    max_regrowth: float | None = 1.5  # after shrinking, the area grows this factor over its smallest (new object)
+    max_regrowth: float | None = 1.1  # after shrinking, the area grows this factor over its smallest (new object)
     max_contrast_recovery: float | None = 0.3  # after fading below 0.5, the contrast comes back by this much
     min_stability: float | None = None  # IoU of the masks at logit > +1 and logit > -1 (first release: 0.75)
     max_intensity_shift: float | None = None  # |mean - previous slice's mean| in seed contrasts (first release: 0.5)
     # doubts: a slice fails when at least `doubts` of them hold
     doubt_overlap: float | None = 0.8
     doubt_relative_stability: float | None = 0.9  # stability / the seed slice's
-    doubt_relative_contrast: float | None = 0.5  # (inside - ring) / the seed's, in the seed's polarity
+    doubt_relative_contrast: float | None = 0.6  # (inside - ring) / the seed's, in the seed's polarity
     doubts: int = 2
     patience: int = 2  # stop after this many doubtful slices in a row (they are kept if a passing one follows)
 
