@@ -250,9 +250,9 @@ def dark_structures(volume: np.ndarray, threshold: float = 6000.0) -> np.ndarray
 def mri_rows(backbone: str, settings, device, quick: bool) -> list[dict]:
     from napari_imedsam import load_model
     from napari_imedsam.io.volumes import load_nifti
-    from napari_imedsam.sample_data import _nibabel_anatomical
+    from napari_imedsam.sample_data import nibabel_anatomical_path
 
-    vol = load_nifti(_nibabel_anatomical()).data.astype(np.float32)
+    vol = load_nifti(nibabel_anatomical_path()).data.astype(np.float32)
     lab = dark_structures(vol)
     zs = [z for z in range(vol.shape[0]) if lab[z].any()]
     train_z = [z for z in zs if z % 2 == 1][: 2 if quick else None]

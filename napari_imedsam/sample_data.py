@@ -56,7 +56,7 @@ def ct_slice() -> list[LayerData]:
     return [(data, kwargs, kind)]
 
 
-def _nibabel_anatomical() -> Path:
+def nibabel_anatomical_path() -> Path:
     import nibabel
 
     path = Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"
@@ -70,7 +70,7 @@ def mri_volume() -> list[LayerData]:
     from napari_imedsam.io.reader import volume_to_layer_data
     from napari_imedsam.io.volumes import load_nifti
 
-    data, kwargs, kind = volume_to_layer_data(load_nifti(_nibabel_anatomical()))
+    data, kwargs, kind = volume_to_layer_data(load_nifti(nibabel_anatomical_path()))
     kwargs["name"] = "MRI volume"
     return [(data, kwargs, kind)]
 

@@ -375,6 +375,9 @@ class SegmentWidget(QWidget):
         self.tools.update_uncertainty()
 
     def _show_status(self, sess: LayerSession, text: str) -> None:
+        note = self.tools.review_note(sess)
+        if note is not None and not text.startswith(note):
+            text = f"{note}; {text}"
         sess.status = text
         if sess is self.session():
             self.ui.status.setText(text)

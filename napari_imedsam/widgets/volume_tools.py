@@ -255,14 +255,19 @@ class VolumeTools(QObject):
             layer.contrast_limits = (0.0, hi)
             layer.visible = True
             self._unc_key = (*key[:3], key[-1])
-            text = f"uncertainty of label {obj.label}: max variance {var.max():.3g}"
-            note = self._review_note.get(id(sess))
-            self.status.emit(sess, text if note is None or note[0] != obj.uid else f"{note[1]}; {text}")
+            self.status.emit(sess, f"uncertainty of label {obj.label}: max variance {var.max():.3g}")
 
         ctx.start(ctx.segmenter.uncertainty, src, obj.box, desc="Uncertainty (MC dropout)",
                         on_return=on_return)
 
     # ---- review ---------------------------------------------------------------------------------------------
+    def review_note(self, sess) -> str | None:
+        """The rank message of the reviewed object while it is still the current one (the status line keeps
+        it in front of later messages about that object: its uncertainty, its high-resolution view)."""
+        note = self._review_note.get(id(sess))
+        current = getattr(sess, "current", None)
+        return note[1] if note is not None and current is not None and current.uid == note[0] else None
+
     def next_uncertain(self) -> None:
         """Select the committed object (on any slice) whose mask the model is least sure of, not visited yet in
         this round; go to its slice and show its uncertainty."""
