@@ -203,8 +203,6 @@ def phantom_rows(backbone: str, settings, device, quick: bool) -> list[dict]:
 def nuclei3d_rows(backbone: str, settings, device, quick: bool) -> list[dict]:
     import tifffile
 
-    from napari_imedsam import load_model
-
     folder = stardist_files()[0].parent
     vol, lab = tifffile.imread(folder / "img3d.tif"), tifffile.imread(folder / "mask3d.tif")
     from skimage.measure import label as relabel
@@ -215,40 +213,55 @@ def nuclei3d_rows(backbone: str, settings, device, quick: bool) -> list[dict]:
              if (lab[z] > 0).any()]
     test = [Scene(vol[z], objects_of(relabel(lab[z] > 0, connectivity=1), min_area=10), None, f"z {z}")
             for z in zs if z % 4 == 3][: 2 if quick else None]
+    return [slice_rows("stardist 3-D nuclei, other z-slices", backbone, train, test, settings, device)]
+
+
+def slice_rows(name: str, backbone: str, train, test: Sequence[Scene], settings, device, plain: bool = False) -> dict:
+    """Fine-tune on the corrected slices ``train`` and score the other slices ``test`` before and after (and,
+    with ``plain``, with LiteMedSAM's own decoder: ``plain_backbone``)."""
+    from napari_imedsam import load_model
+
     n_train = sum(int(t[1].max()) for t in train)
     base = load_model(backbone)
-    with section(f"3-D nuclei: fine-tune on {n_train} objects of {len(train)} z-slices"):
+    with section(f"{name}: fine-tune on {n_train} objects of {len(train)} slices"):
         outcome, wall = finetune(load_model(backbone), train, settings)
     model = outcome.model or base
-    with section("3-D nuclei: score the other z-slices"):
+    with section(f"{name}: score"):
         before, after = score_scenes(base, test, device), score_scenes(model, test, device, ("I-MedSAM",))
-    return [row("stardist 3-D nuclei, other z-slices", n_train, before["I-MedSAM"], after["I-MedSAM"],
-                before["box as mask"], outcome, wall)]
+        baseline = score_scenes(load_model(backbone, adapters=None), test, device, ("I-MedSAM",)) if plain else None
+    got = row(name, n_train, before["I-MedSAM"], after["I-MedSAM"], before["box as mask"], outcome, wall)
+    if baseline is not None:
+        got["plain_backbone"] = baseline["I-MedSAM"]
+    return got
+
+
+#: The central window of nibabel's 41x33 ``anatomical.nii`` slices (rows, columns) that holds the ventricles.
+MRI_ROWS, MRI_COLS = slice(3, 32), slice(7, 26)
 
 
 def dark_structures(volume: np.ndarray, threshold: float = 6000.0) -> np.ndarray:
     """The MRI structure the MRI rows segment: per slice, the CSF-dark regions (T1 below ``threshold`` after a
-    0.6-px smoothing) of at least 8 px that lie wholly inside the central window (rows 3-31, columns 7-25 of
-    nibabel's 41x33 ``anatomical.nii`` slices: the ventricles and the midline), one label per region."""
+    0.6-px smoothing) of at least 8 px in the central window (the ventricles and the midline), one label per
+    region. Regions cut by the window's bottom, left or right edge are dropped; its top edge is open (the
+    ventricles reach it on the middle slices)."""
     from scipy import ndimage
 
     out = np.zeros(volume.shape, np.uint16)
     smooth = ndimage.gaussian_filter(volume.astype(np.float32), (0, 0.6, 0.6))
     window = np.zeros(volume.shape[1:], bool)
-    window[3:32, 7:26] = True
+    window[MRI_ROWS, MRI_COLS] = True
     for z in range(volume.shape[0]):
-        regions, n = ndimage.label((smooth[z] < threshold) & window)
+        regions, _ = ndimage.label((smooth[z] < threshold) & window)
         k = 1
-        for i, sl in enumerate(ndimage.find_objects(regions), start=1):
-            inside = sl[0].start > 2 and sl[0].stop <= 31 and sl[1].start > 7 and sl[1].stop <= 25
-            if inside and (regions[sl] == i).sum() >= 8:
+        for i, (rows, cols) in enumerate(ndimage.find_objects(regions), start=1):
+            cut = rows.stop == MRI_ROWS.stop or cols.start == MRI_COLS.start or cols.stop == MRI_COLS.stop
+            if not cut and (regions[rows, cols] == i).sum() >= 8:
                 out[z][regions == i] = k
                 k += 1
     return out
 
 
 def mri_rows(backbone: str, settings, device, quick: bool) -> list[dict]:
-    from napari_imedsam import load_model
     from napari_imedsam.io.volumes import load_nifti
     from napari_imedsam.sample_data import nibabel_anatomical_path
 
@@ -259,18 +272,8 @@ def mri_rows(backbone: str, settings, device, quick: bool) -> list[dict]:
     train = [(vol[z], lab[z], (z,)) for z in train_z]
     test = [Scene(vol[z], objects_of(lab[z], min_area=8), None, f"z {z}") for z in zs if z not in train_z]
     test = test[: 2 if quick else None]
-    n_train = sum(int(t[1].max()) for t in train)
-    base = load_model(backbone)
-    with section(f"MRI: fine-tune on {n_train} dark structures of {len(train)} slices"):
-        outcome, wall = finetune(load_model(backbone), train, settings)
-    model = outcome.model or base
-    with section("MRI: score the other slices"):
-        before, after = score_scenes(base, test, device), score_scenes(model, test, device, ("I-MedSAM",))
-        plain = score_scenes(load_model(backbone, adapters=None), test, device, ("I-MedSAM",))
-    got = row("MRI (nibabel anatomical.nii) dark structures, other slices", n_train, before["I-MedSAM"],
-              after["I-MedSAM"], before["box as mask"], outcome, wall)
-    got["plain_backbone"] = plain["I-MedSAM"]
-    return [got]
+    return [slice_rows("MRI (nibabel anatomical.nii) dark structures, other slices", backbone, train, test,
+                       settings, device, plain=True)]
 
 
 ABLATIONS = {  # name -> TrainConfig changes from the widget's configuration (DSB, 20 nuclei, fixed steps)

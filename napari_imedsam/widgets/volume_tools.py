@@ -265,8 +265,7 @@ class VolumeTools(QObject):
         """The rank message of the reviewed object while it is still the current one (the status line keeps
         it in front of later messages about that object: its uncertainty, its high-resolution view)."""
         note = self._review_note.get(id(sess))
-        current = getattr(sess, "current", None)
-        return note[1] if note is not None and current is not None and current.uid == note[0] else None
+        return note[1] if note is not None and sess.current is not None and sess.current.uid == note[0] else None
 
     def next_uncertain(self) -> None:
         """Select the committed object (on any slice) whose mask the model is least sure of, not visited yet in
