@@ -6,7 +6,9 @@ Each object starts from its tight box. After every prediction the next click goe
 region (a missed part: a positive click; a leak: a negative one), at its interior point farthest from the
 region's edge, as micro-sam and SAM simulate users. The clicks come from I-MedSAM's masks and the same clicks
 go to the backbone (``predict_backbone``). Scored in the object's window (the box grown by its own size, as
-the accuracy benchmark does). Also: with the previous logits as SAM's mask prompt, and the time per click.
+the accuracy benchmark does). I-MedSAM merges each click into the mask of the clicks before it (the
+Predictor's default, ``progressive_clicks``); also measured: all clicks decoded at once (SAM's way), with the
+previous logits as SAM's mask prompt, and the time per click.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def click_run(pred, target: Target, hw: tuple[int, int], clicks: int, mask_promp
     y0, x0, y1, x1 = box_window(target.box, hw)
     region, shape = (float(y0), float(x0), float(y1), float(x1)), (y1 - y0, x1 - x0)
     truth = target.mask[y0:y1, x0:x1]
-    points, labels, ours, base, seconds = [], [], [], [], []
+    points, labels, ours, base, seconds, base_seconds = [], [], [], [], [], []
     previous = None
     for i in range(clicks + 1):
         kw = {"points": points, "point_labels": labels} if points else {}
@@ -61,7 +63,10 @@ def click_run(pred, target: Target, hw: tuple[int, int], clicks: int, mask_promp
         if i:
             seconds.append(time.perf_counter() - t0)
         kw.pop("mask_prompt", None)
+        t0 = time.perf_counter()
         backbone = (baseline or pred).predict_backbone(target.box, out_shape=shape, region=region, **kw) > 0.5
+        if i:
+            base_seconds.append(time.perf_counter() - t0)
         ours.append(dice(window, truth))
         base.append(dice(backbone, truth))
         click = next_click(window, truth)
@@ -71,7 +76,8 @@ def click_run(pred, target: Target, hw: tuple[int, int], clicks: int, mask_promp
             break
         points.append([click[0] + x0, click[1] + y0])
         labels.append(click[2])
-    return {"name": target.name, "imedsam": ours, "backbone": base, "seconds_per_click": seconds}
+    return {"name": target.name, "imedsam": ours, "backbone": base, "seconds_per_click": seconds,
+            "backbone_seconds_per_click": base_seconds}
 
 
 def dsb_targets(quick: bool, n: int) -> tuple[list[np.ndarray], list[Target], list]:
@@ -102,10 +108,10 @@ def phantom_targets(quick: bool) -> tuple[list[np.ndarray], list[Target], list]:
 
 
 def run_section(model, device, images, targets, windows, clicks: int, mask_prompt: bool, title: str,
-                plain=None) -> list[dict]:
+                plain=None, progressive: bool = True) -> list[dict]:
     from napari_imedsam import Predictor
 
-    pred = Predictor(model, device=device)
+    pred = Predictor(model, device=device, progressive_clicks=progressive)
     base = Predictor(plain, device=device) if plain is not None else None
     rows, current = [], None
     with section(f"{title}: {len(targets)} objects, {clicks} clicks{' + mask prompt' if mask_prompt else ''}"):
@@ -123,7 +129,9 @@ def summary(rows: list[dict], clicks: int) -> dict:
     ours = [statistics.mean(r["imedsam"][k] for r in rows) for k in range(clicks + 1)]
     base = [statistics.mean(r["backbone"][k] for r in rows) for k in range(clicks + 1)]
     secs = [s for r in rows for s in r["seconds_per_click"]]
+    base_secs = [s for r in rows for s in r["backbone_seconds_per_click"]]
     return {"imedsam": ours, "backbone": base, "seconds_per_click": statistics.median(secs) if secs else None,
+            "backbone_seconds_per_click": statistics.median(base_secs) if base_secs else None,
             "objects": len(rows)}
 
 
@@ -132,7 +140,8 @@ def table(results: dict[str, dict], clicks: int) -> str:
     body = []
     for name, s in results.items():
         body.append([name, "I-MedSAM", *[fmt(v, 3) for v in s["imedsam"]], fmt(s["seconds_per_click"], 2)])
-        body.append([name, "LiteMedSAM decoder (same clicks)", *[fmt(v, 3) for v in s["backbone"]], "-"])
+        body.append([name, "LiteMedSAM decoder (same clicks)", *[fmt(v, 3) for v in s["backbone"]],
+                     fmt(s["backbone_seconds_per_click"], 2)])
     return markdown_table(head, body)
 
 
@@ -144,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nuclei", type=int, default=40, help="DSB nuclei to click on (random, seed 0)")
     parser.add_argument("--adapters", default=None, help="adapters of the I-MedSAM rows (default: the embedded head)")
     parser.add_argument("--no-mask-prompt-run", action="store_true", help="skip the runs with the mask prompt")
+    parser.add_argument("--no-all-at-once-run", action="store_true",
+                        help="skip the runs that decode all clicks at once (no progressive merge)")
     args = parser.parse_args(argv)
     import torch
 
@@ -156,10 +167,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = {"DSB nuclei": dsb_targets(args.quick, 3 if args.quick else args.nuclei)}
     if not args.quick:
         data["CT phantom organs"] = phantom_targets(args.quick)
+    variants = [("", False, True)]
+    if not args.no_all_at_once_run:
+        variants.append((", all clicks at once", False, False))
+    if not (args.no_mask_prompt_run or args.quick):
+        variants.append((", previous logits as mask prompt", True, True))
     for name, (images, targets, windows) in data.items():
-        for mp in (False,) if args.no_mask_prompt_run or args.quick else (False, True):
-            key = name + (", previous logits as mask prompt" if mp else "")
-            raw[key] = run_section(model, device, images, targets, windows, clicks, mp, key, plain)
+        for suffix, mp, progressive in variants:
+            key = name + suffix
+            raw[key] = run_section(model, device, images, targets, windows, clicks, mp, key, plain, progressive)
             results[key] = summary(raw[key], clicks)
     info = machine_info()
     lines = [f"Machine: {machine_line(info)}", "", "### Dice (mean over objects) after corrective clicks", "",

@@ -1,6 +1,6 @@
 """3-D segmentation from one or a few annotated slices: propagation, interpolation, and the per-slice ceiling.
 
-    python -m benchmarks.volume [--quick] [--device auto|cpu|cuda] [--sections nuclei phantom] [--json PATH]
+    python -m benchmarks.volume [--quick] [--device auto|cpu|cuda] [--sections nuclei phantom mri] [--json PATH]
 
 Volumes (no downloads):
 - stardist's 3-D nuclei (``img3d.tif`` / ``mask3d.tif``, 31 x 61 x 57, no window): every nucleus with >= 5
@@ -8,6 +8,8 @@ Volumes (no downloads):
 - the CT phantom (``samples.phantom``, abdomen window) at seeds 0-2 with 5 mm slices (20 x 256 x 256, an
   anisotropic CT as napari shows it with scale (5, 1.4, 1.4)) and seed 3 with 2.5 mm slices (40 x 256 x 256):
   its 5 organs (the aorta runs through every slice: there, stopping at the volume's end is right).
+- nibabel's T1 MRI (``anatomical.nii``, 25 x 41 x 33, 2 mm voxels, no window): the CSF-dark structures of the
+  fine-tuning benchmark joined across slices, those on >= 5 slices (4: the ventricles and the midline).
 
 The user's seed: a tight box on the object's middle slice (the middle of its ground-truth extent); the seed
 mask is the model's mask for that box. Rows (one object each, same seed for every row):
@@ -26,8 +28,10 @@ Dice, >= 90 % coverage, at most one slice past each end.
 
 Calibration: an oracle run (``propagate`` with every stop rule off, up to 2 slices past the object's end)
 records each slice's signals (``Step.signals``); their percentiles inside the object and on the first and
-second slice past its end are what the default rules were chosen by. Logits are cached per
-(volume, slice, box), so the rows that share boxes (oracle, new, marked extent, shipped) cost one decode.
+second slice past its end are what the default rules were chosen by. Also measured there (no rule uses it):
+``relative_uncertainty``, the trained head's mean MC-dropout variance over the slice's box / the seed's.
+Logits are cached per (volume, slice, box), so the rows that share boxes (oracle, new, marked extent,
+shipped) cost one decode.
 Time per slice: the encoder once per slice, plus one box decode per prompt.
 """
 
@@ -44,7 +48,7 @@ import torch
 from .common import base_parser, devices_for, fmt, machine_info, machine_line, markdown_table, section, write_json
 
 SIGNALS = ("growth", "relative_area", "stability", "relative_stability", "overlap", "mean_logit",
-           "seed_shift", "relative_contrast", "step_shift")
+           "seed_shift", "relative_contrast", "step_shift", "relative_uncertainty")
 ROW_ORDER = ("shipped", "new", "marked extent", "interpolate 2", "interpolate 2 linear", "interpolate 3",
              "interpolate 3 linear", "ceiling")
 PROPAGATION_ROWS = ("shipped", "new", "marked extent")
@@ -87,6 +91,10 @@ class CachedSlices:
     encode_s: list = field(default_factory=list)
     decode_s: list = field(default_factory=list)
 
+    @property
+    def measures_uncertainty(self) -> bool:
+        return bool(self.segmenter.predictor.model.config.ugs)
+
     def src(self, z: int):
         from napari_imedsam.engine.segmenter import SliceImage
 
@@ -106,6 +114,11 @@ class CachedSlices:
             self.logits[key] = self.segmenter.full_logits(src, box)
             self.decode_s.append(time.perf_counter() - t0)
         return self.logits[key]
+
+    def uncertainty(self, z: int, box) -> float:
+        """Mean MC-dropout variance over the box (plus a margin) on slice ``z``: the trained head's doubt."""
+        var, _ = self.segmenter.uncertainty(self.src(z), box)
+        return float(var.mean())
 
     def model_view(self, z: int) -> np.ndarray:
         return self.segmenter.model_image(self.src(z))
@@ -144,6 +157,26 @@ def phantom_volumes(quick: bool) -> list[Volume]:
         out.append(Volume(f"phantom seed {seed}, {spacing[0]:g} mm", hu, lab.astype(np.int32), PRESETS["abdomen"],
                           ids[:1] if quick else ids, spacing))
     return out
+
+
+def mri_volume(quick: bool) -> Volume:
+    """nibabel's T1 ``anatomical.nii``: the CSF-dark structures of the fine-tuning benchmark
+    (``finetune_curve.dark_structures``, per slice) joined across slices into 3-D objects (6-connected), those
+    on >= 5 slices (the ventricles)."""
+    from scipy import ndimage
+
+    from napari_imedsam.io.volumes import load_nifti
+    from napari_imedsam.sample_data import nibabel_anatomical_path
+
+    from .finetune_curve import dark_structures
+
+    nii = load_nifti(nibabel_anatomical_path())
+    vol = nii.data.astype(np.float32)
+    lab, _ = ndimage.label(dark_structures(vol) > 0)
+    ids = [i for i in np.unique(lab)[1:] if int((lab == i).any(axis=(1, 2)).sum()) >= 5]
+    if quick:
+        ids = sorted(ids, key=lambda i: -int((lab == i).sum()))[:1]
+    return Volume("nibabel MRI dark structures", vol, lab.astype(np.int32), None, [int(i) for i in ids])
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------
@@ -217,10 +250,13 @@ def object_rows(cache: CachedSlices, label: int) -> tuple[dict[str, dict], list[
     # oracle first: every later propagation row re-uses its (slice, box) logits
     _, _, steps = run_propagation(cache, z0, seed, oracle_settings(), cache.raw,
                                   limits={1: hi + 2 - z0, -1: z0 - (lo - 2)})
+    seed_doubt = cache.uncertainty(z0, tuple(mask_to_box(gt[z0]))) if cache.measures_uncertainty else None
     for st in steps:
         past = st.slice - hi if st.slice > hi else (lo - st.slice if st.slice < lo else 0)
-        signals.append({"object": label, "slice": st.slice, "direction": st.direction, "past": int(past),
-                        **{k: st.signals.get(k) for k in SIGNALS}})
+        sig = {k: st.signals.get(k) for k in SIGNALS}
+        if seed_doubt:  # the trained head's MC-dropout variance over the slice's box, relative to the seed's
+            sig["relative_uncertainty"] = cache.uncertainty(st.slice, st.box) / seed_doubt
+        signals.append({"object": label, "slice": st.slice, "direction": st.direction, "past": int(past), **sig})
     t0 = time.perf_counter()
     masks, reasons, steps = run_propagation(cache, z0, seed, PropagationSettings(), cache.raw)
     new_s = time.perf_counter() - t0
@@ -332,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = base_parser("volume", "3-D propagation, interpolation and the per-slice ceiling on real volumes.",
                          repeats=False)
-    parser.add_argument("--sections", nargs="+", default=["nuclei", "phantom"], choices=["nuclei", "phantom"])
+    parser.add_argument("--sections", nargs="+", default=["nuclei", "phantom", "mri"],
+                        choices=["nuclei", "phantom", "mri"])
     parser.add_argument("--backbone", default=None, help="default: litemedsam (tiny with --quick)")
     args = parser.parse_args(argv)
     device = devices_for(args.device)[-1]
@@ -340,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine_info()
     segmenter = Segmenter(Predictor(load_model(backbone), device=device, cache_bytes=2**31))
     loaders: dict[str, Callable[[], list[Volume]]] = {
-        "nuclei": lambda: [nuclei_volume(args.quick)], "phantom": lambda: phantom_volumes(args.quick)}
+        "nuclei": lambda: [nuclei_volume(args.quick)], "phantom": lambda: phantom_volumes(args.quick),
+        "mri": lambda: [mri_volume(args.quick)]}
     results = []
     for name in args.sections:
         with torch.no_grad():

@@ -4,7 +4,7 @@ The clicking benchmark uses the same rule to play the user."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,21 +43,39 @@ def truth_on_grid(masks: Sequence[np.ndarray], valid_hw: Sequence[tuple[int, int
     return out
 
 
-def simulated_clicks(lowres_logit: torch.Tensor, truth: torch.Tensor, size: int, probability: float,
-                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One corrective click per object with ``probability`` (else a padding point, label -1, which SAM's
-    prompt encoder embeds as "not a point"), from the backbone's current mask: (B, 1, 2) input pixels and
-    (B, 1) labels."""
-    b, _, g, _ = lowres_logit.shape
-    points = torch.zeros((b, 1, 2))
-    labels = torch.full((b, 1), -1.0)
-    pred = (lowres_logit[:, 0] > 0).cpu().numpy()
+def click_counts(batch: int, probability: float, max_clicks: int, rng: np.random.Generator) -> np.ndarray:
+    """How many corrective clicks each object gets: none with 1 - ``probability``, else 1..``max_clicks``
+    (uniform), as SAM trains with a varying number of clicks."""
+    clicked = rng.random(batch) < probability
+    if max_clicks == 1:  # the draws of the single-click recipe (the shipped head's), unchanged
+        return clicked.astype(np.int64)
+    return np.where(clicked, rng.integers(1, max_clicks + 1, size=batch), 0)
+
+
+def simulated_clicks(lowres_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | torch.Tensor,
+                     truth: torch.Tensor, size: int, probability: float, rng: np.random.Generator,
+                     max_clicks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrective clicks, each from the model's mask given the box and the clicks before it (SAM's iterative
+    training): (B, K, 2) input pixels and (B, K) labels, K = ``max_clicks``; an object without its k-th click
+    has a padding point there (label -1, which SAM's prompt encoder embeds as "not a point").
+
+    ``lowres_of(points, labels)``: the current low-resolution logits (B, 1, g, g) for the box plus those
+    clicks (points (B, k, 2), k = 0 first); a tensor stands for the box's logits, for one click."""
+    if isinstance(lowres_of, torch.Tensor):
+        box_logits = lowres_of
+        lowres_of = lambda points, labels: box_logits  # noqa: E731 - one click: the box's mask only
+    b = truth.shape[0]
+    counts = click_counts(b, probability, max_clicks, rng)
+    points = torch.zeros((b, max_clicks, 2))
+    labels = torch.full((b, max_clicks), -1.0)
     truth_np = truth.cpu().numpy()
-    for i in range(b):
-        if rng.random() >= probability:
-            continue
-        click = corrective_click(pred[i], truth_np[i])
-        if click is not None:
-            points[i, 0] = torch.tensor([click[0] * size / g, click[1] * size / g])
-            labels[i, 0] = float(click[2])
-    return points.to(lowres_logit.device), labels.to(lowres_logit.device)
+    for k in range(int(counts.max(initial=0))):
+        lowres = lowres_of(points[:, :k], labels[:, :k])
+        g = lowres.shape[-1]
+        pred = (lowres[:, 0] > 0).cpu().numpy()
+        for i in np.flatnonzero(counts > k):
+            click = corrective_click(pred[i], truth_np[i])
+            if click is not None:
+                points[i, k] = torch.tensor([click[0] * size / g, click[1] * size / g])
+                labels[i, k] = float(click[2])
+    return points, labels

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max box jitter per side as a fraction of the box's size, capped by --jitter (0: off)")
     g.add_argument("--click-prob", type=float, default=0.0,
                    help="probability that an object also gets a simulated corrective click (trains point prompts)")
+    g.add_argument("--max-clicks", type=int, default=1,
+                   help="a clicked object gets 1..N clicks, each from the model's mask given the clicks before it")
     g.add_argument("--augment", action="store_true", help="random flips and 90-degree turns")
     g.add_argument("--parts", nargs="+", default=list(PART_NAMES), choices=list(PART_NAMES),
                    help="what trains (mask_decoder: SAM's two-way transformer and hypernetwork MLPs)")
@@ -239,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 weight_decay=args.weight_decay, points=args.points, jitter=args.jitter, accumulate=args.accumulate,
                 mix_box=args.point_mix[0], mix_boundary=args.point_mix[1], mix_uniform=args.point_mix[2],
                 box_margin=args.box_margin, boundary_band=args.boundary_band, jitter_fraction=args.jitter_fraction,
-                augment=args.augment, patience=args.patience, click_prob=args.click_prob,
+                augment=args.augment, patience=args.patience, click_prob=args.click_prob, max_clicks=args.max_clicks,
                 seed=args.seed, val_every=args.val_every, checkpoint_every=args.checkpoint_every,
                 parts=tuple(args.parts), device=device, amp=not args.no_amp, cache_embeddings=args.cache_embeddings,
                 workers=args.workers)

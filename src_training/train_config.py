@@ -36,6 +36,7 @@ class TrainConfig:
     jitter: int = 20  # max box jitter per side, pixels
     jitter_fraction: float = 0.0  # > 0: max jitter per side is this fraction of the box's size (capped by jitter)
     click_prob: float = 0.0  # > 0: with this probability an object also gets a simulated corrective click
+    max_clicks: int = 1  # a clicked object gets 1..max_clicks clicks, each on the mask of the ones before it
     bce_weight: float = 0.5
     dice_weight: float = 0.5
     coarse_weight_start: float = 1.0
@@ -59,7 +60,7 @@ class TrainConfig:
         unknown = set(self.parts) - set(PART_NAMES)
         if unknown or not self.parts:
             raise ValueError(f"parts must be a non-empty subset of {PART_NAMES}, got {self.parts}")
-        for name in ("steps", "batch_size", "accumulate", "val_batch_size"):
+        for name in ("steps", "batch_size", "accumulate", "val_batch_size", "max_clicks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.points is not None and self.points < 1:

@@ -150,11 +150,20 @@ class _Run:
         return training_loss(out, batch.labels, batch.weights, cw, cfg.bce_weight, cfg.dice_weight)
 
     def clicks(self, batch, embedding: torch.Tensor, micro: int, slots) -> tuple[torch.Tensor, torch.Tensor]:
-        """A corrective click per object (with ``click_prob``) on the backbone's current mask for its box."""
-        with torch.no_grad():
-            lowres = self.model.decode_box(embedding.detach(), batch.boxes).lowres_logit
+        """Corrective clicks per object (with ``click_prob``, up to ``max_clicks``), each on the current
+        model's mask for the box and the clicks before it."""
+        emb, dev = embedding.detach(), embedding.device
+
+        def lowres_of(points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                if points.shape[1] == 0:
+                    return self.model.decode_box(emb, batch.boxes).lowres_logit
+                return self.model.decode_prompt(emb, batch.boxes, points.to(dev), labels.to(dev)).lowres_logit
+
         rng = np.random.default_rng([self.config.seed, self.step, micro, 7919, *slots])
-        return simulated_clicks(lowres, batch.click_truth, self.model.image_size, self.config.click_prob, rng)
+        points, labels = simulated_clicks(lowres_of, batch.click_truth, self.model.image_size,
+                                          self.config.click_prob, rng, self.config.max_clicks)
+        return points.to(dev), labels.to(dev)
 
     def embed(self, batch) -> torch.Tensor:
         """Frozen encoder: no graph; with cache_embeddings each distinct image (by content, flips included)

@@ -16,6 +16,21 @@ def make_disk_image(shape=(128, 160), centre=(60, 70), radius=25, inside=200.0, 
     return (img + np.random.default_rng(seed).normal(0, noise, shape)).astype(dtype)
 
 
+def make_halo_image(seed: int = 0) -> np.ndarray:
+    """A bright core (r 22) in a dimmer halo (r 34) at (y 60, x 70) of a 128 x 160 image: a box's mask stops
+    inside the halo, so a positive click there has something to add."""
+    yy, xx = np.mgrid[:128, :160]
+    r = np.hypot(yy - 60, xx - 70)
+    img = np.where(r <= 22, 200.0, np.where(r <= 34, 90.0, 20.0))
+    return (img + np.random.default_rng(seed).normal(0, 5, img.shape)).astype(np.float32)
+
+
+@pytest.fixture
+def halo_image():
+    """:func:`make_halo_image` (call it)."""
+    return make_halo_image
+
+
 @pytest.fixture
 def disk_image():
     """The builder :func:`make_disk_image` (call it: ``disk_image()``, ``disk_image((64, 64), radius=10)``)."""

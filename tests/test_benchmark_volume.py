@@ -1,6 +1,6 @@
-"""``python -m benchmarks.volume --quick`` runs end to end (tiny model, a crop of the 3-D nuclei and a small
-phantom) and writes well-formed JSON with every row, the calibration signals and the targets. No accuracy is
-asserted: the tiny model has random weights."""
+"""``python -m benchmarks.volume --quick`` runs end to end (tiny model, a crop of the 3-D nuclei, a small
+phantom and one MRI structure) and writes well-formed JSON with every row, the calibration signals and the
+targets. No accuracy is asserted: the tiny model has random weights."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_volume_benchmark_quick(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     result = json.loads(text)
     assert result["backbone"] == "tiny" and result["quick"] is True
-    assert [r["dataset"] for r in result["results"]] == ["nuclei", "phantom"]
+    assert [r["dataset"] for r in result["results"]] == ["nuclei", "phantom", "mri"]
     for r in result["results"]:
         summary = r["summary"]
         assert {"shipped", "new", "marked extent", "ceiling"} <= set(summary)
@@ -38,6 +38,6 @@ def test_volume_benchmark_quick(tmp_path):
         assert summary["ceiling"]["coverage"] == 1.0  # a box on every slice of the object
         assert {s["signal"] for s in r["signals"]} >= {"overlap", "relative_stability", "relative_contrast"}
         assert r["timing"]["encode_s_per_slice"] > 0 and r["timing"]["decode_s_per_box"] > 0
-    assert len(result["targets"]) == 6
+    assert len(result["targets"]) == 9
     for t in result["targets"]:
         assert set(t) == {"target", "value", "met"} and isinstance(t["met"], bool)

@@ -50,3 +50,27 @@ def test_training_with_clicks_prompts_the_decoder(tiny_model, disk_image, monkey
     fit(tiny_model, [sample, sample], None, cfg)
     assert calls and all(labels.shape == (2, 1) for labels in calls)
     assert any((labels >= 0).any() for labels in calls)  # real clicks, not only padding
+
+
+def test_several_clicks_each_come_from_the_mask_given_the_clicks_before():
+    truth = torch.zeros((1, 16, 16), dtype=torch.bool)
+    truth[0, 4:10, 4:10] = True
+    seen = []
+
+    def lowres_of(points, labels):
+        seen.append(labels.clone())
+        out = torch.full((1, 1, 16, 16), -5.0)
+        if points.shape[1]:  # after the first (positive) click: the object found, with a leak on its right
+            out[0, 0, 4:10, 4:14] = 5.0
+        return out
+
+    pts, labels = simulated_clicks(lowres_of, truth, 64, 1.0, np.random.default_rng(1), max_clicks=3)
+    assert pts.shape == (1, 3, 2) and labels.shape == (1, 3)
+    k = int((labels[0] >= 0).sum())
+    assert [s.shape[1] for s in seen] == list(range(k))  # one decode per click, with the clicks before it
+    assert labels[0, 0] == 1 and (k < 2 or labels[0, 1] == 0)  # found nothing: add; then the leak: remove
+    if k >= 2:
+        assert pts[0, 1, 0] > 40  # the negative click lies in the leak (cells 10-13, x > 40 input pixels)
+    counts = {int((simulated_clicks(lowres_of, truth, 64, 1.0, np.random.default_rng(s), 3)[1][0] >= 0).sum())
+              for s in range(20)}
+    assert counts == {1, 2, 3}

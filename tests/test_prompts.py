@@ -52,6 +52,7 @@ def test_mask_prompt_content_steers_litemedsam(disk_image):
 
 
 def test_every_render_path_takes_the_prompts(pred):
+    pred.progressive_clicks = False  # all clicks decoded at once, as predict_backbone does (merging: test_click_merge)
     kw = dict(points=[[70, 60], [60, 75]], point_labels=[1, 0])
     h, w = pred.image_hw
     twice = pred.predict(BOX, out_shape=(2 * h, 2 * w), **kw)

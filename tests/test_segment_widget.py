@@ -540,35 +540,42 @@ def click(widget, y, x):
     return sess
 
 
-def test_clicks_refine_the_current_object_with_undo(make_napari_viewer, litemedsam, segment_widget, disk_image):
-    """A box on a disk, a negative click in its middle shrinks the mask (LiteMedSAM was distilled from box
-    prompts: its clicks need fine-tuning to add much, see docs/benchmarks.md), a positive click changes it
-    again; Ctrl+Z restores each previous mask; the clicks layer says which object and slice each click is of."""
+def test_clicks_refine_the_current_object_with_undo(make_napari_viewer, segment_widget, halo_image):
+    """The embedded default model: a box on a core in a halo; a positive click on the missed halo grows the
+    mask (keeping what it had), a negative click on the halo's lower edge shrinks it (removing only); Ctrl+Z
+    restores each previous mask; the clicks layer says which object and slice each click is of."""
+    from napari_imedsam import load_model
+
     viewer = make_napari_viewer()
-    viewer.add_image(disk_image((128, 160), centre=(60, 70), radius=30), name="scan")
-    w = segment_widget(viewer, litemedsam)
-    sess = draw(w, rect(24.5, 34.5, 95.5, 105.5))
+    viewer.add_image(halo_image(), name="scan")
+    w = segment_widget(viewer, load_model("litemedsam"))
+    sess = draw(w, rect(25.0, 35.0, 94.0, 104.0))
     first = np.asarray(sess.labels.data) == 1
     assert first.sum() > 2000
+    click(w, 60, 98)  # the halo, right of the mask: object
+    grown = np.asarray(sess.labels.data) == 1
+    assert grown.sum() > 1.05 * first.sum() and (grown & first).sum() == first.sum()
     w.clicks.set_negative(True)
     assert w.ui.negative.isChecked()
-    click(w, 60, 70)  # the middle: background
+    click(w, 88, 70)  # the halo's lower edge: background
     shrunk = np.asarray(sess.labels.data) == 1
-    assert shrunk.sum() < 0.8 * first.sum()
+    assert shrunk.sum() < grown.sum() and not (shrunk & ~grown).any()
+    click(w, 27, 37)  # a box corner, already background: nothing to remove, and the user is told so
+    np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, shrunk)
+    assert any("changed nothing" in m for m in w.notifier.messages("info"))
     feats = sess.clicks.features
-    assert list(feats["label"]) == [1] and list(feats["positive"]) == [False] and list(feats["slice"]) == [0]
+    assert list(feats["label"]) == [1, 1, 1] and list(feats["positive"]) == [True, False, False]
+    assert list(feats["slice"]) == [0, 0, 0]
+    obj = sess.store.on_slice(None)[-1]
+    assert obj.clicks == ((98.5, 60.5, 1), (70.5, 88.5, 0), (37.5, 27.5, 0)) and obj.box_prompt and obj.label == 1
     w.clicks.toggle_negative()
     assert not w.ui.negative.isChecked()
-    click(w, 60, 50)
-    again = np.asarray(sess.labels.data) == 1
-    assert list(sess.clicks.features["positive"]) == [False, True]
-    obj = sess.store.on_slice(None)[-1]
-    assert obj.clicks == ((70.5, 60.5, 0), (50.5, 60.5, 1)) and obj.box_prompt and obj.label == 1
     w.undo()
     np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, shrunk)
     w.undo()
+    np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, grown)
+    w.undo()
     np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, first)
-    assert again.shape == first.shape
 
 
 def test_a_click_without_an_object_starts_one_and_clear_removes_its_clicks(make_napari_viewer, segment_widget,

@@ -16,6 +16,7 @@ from ..model.device import resolve_device
 from ..model.imedsam import IMedSAM
 from ..model.preprocess import Prepared, prepare
 from .cache import EmbeddingCache
+from .click_merge import merge_click
 from .prompts import make_prompt, mask_input
 from .render import OUTSIDE_LOGIT, RenderStats, pixel_centres, render_logits
 
@@ -58,10 +59,15 @@ class Predictor:
 
     ``device=None`` (the default) uses the model where it is and never moves it; naming a device
     (``"auto"``: cuda > mps > cpu, ``"cpu"``, ``"cuda:1"``) asks for the model to be moved there, in place as
-    ``nn.Module.to`` does, now and whenever ``model`` is swapped. The model is put in eval mode."""
+    ``nn.Module.to`` does, now and whenever ``model`` is swapped. The model is put in eval mode.
+
+    Clicks refine progressively (``progressive_clicks=True``, the default): each click changes only the
+    region it points at, merged into the mask of the clicks before it (``click_merge``), so clicks are an
+    ordered list; ``False`` decodes box + all clicks at once, as SAM does."""
 
     def __init__(self, model: IMedSAM, device: str | torch.device | None = None, cache_bytes: int = 512 * 2**20,
-                 chunk: int = 32768, max_request_bytes: float = MAX_REQUEST_BYTES):
+                 chunk: int = 32768, max_request_bytes: float = MAX_REQUEST_BYTES,
+                 progressive_clicks: bool = True):
         if not isinstance(model, torch.nn.Module) or not hasattr(model, "encode"):
             raise ValueError(f"Predictor needs an I-MedSAM model (from load_model), got {type(model).__name__}.")
         if device is not None:
@@ -86,6 +92,9 @@ class Predictor:
                 or not max_request_bytes > 0:
             raise ValueError(f"max_request_bytes must be a positive size in bytes, got {max_request_bytes!r}.")
         self.max_request_bytes = max_request_bytes
+        #: Each click only changes the region it points at (``click_merge``); False: SAM's way, every click
+        #: re-decodes the whole object from box + all clicks.
+        self.progressive_clicks = bool(progressive_clicks)
         self._moves_model = device is not None
         self.device = resolve_device(device) if device is not None else _device_of(model)
         self._model = self._placed(model)
@@ -188,13 +197,17 @@ class Predictor:
             self._boxes.clear()
 
     # ---- prompts ---------------------------------------------------------------------------------------
-    def _prompt_state(self, box, points=None, point_labels=None, mask_prompt=None
+    def _prompt_state(self, box, points=None, point_labels=None, mask_prompt=None, merge: bool = True
                       ) -> tuple[BoxFeatures, torch.Tensor | None]:
-        """The decoder's features and UGS threshold for a prompt, cached by the prompt's key."""
+        """The decoder's features and UGS threshold for a prompt, cached by the prompt's key. With
+        ``progressive_clicks`` (and ``merge``) the last click is merged into the state of the clicks before it
+        (``click_merge``), which the cache holds from the previous click."""
         prep = self._require_image()
         prompt = make_prompt(box, points, point_labels, mask_prompt, prep.image_hw)
+        merge = merge and self.progressive_clicks and prompt.points is not None \
+            and (prompt.box is not None or len(prompt.points) > 1)
         emb_key = self._model_key()
-        key = (self._image_key, *emb_key, self._model.fingerprint("decoder"), prompt.key())
+        key = (self._image_key, *emb_key, self._model.fingerprint("decoder"), prompt.key(), merge)
         if key in self._boxes:
             self._boxes.move_to_end(key)
             return self._boxes[key]
@@ -210,6 +223,13 @@ class Predictor:
         valid = torch.tensor([prep.valid_hw], device=dev, dtype=torch.float32)
         with torch.no_grad():
             feats = self._model.decode_prompt(emb, b, pts, lab, mask)
+        if merge:
+            before = prompt.points[:-1] if len(prompt.points) > 1 else None
+            labels_before = prompt.labels[:-1] if before is not None else None
+            previous, _ = self._prompt_state(prompt.box, before, labels_before, mask_prompt)
+            feats = merge_click(previous, feats, self.transform_coords(prompt.points[-1:])[0],
+                                bool(prompt.labels[-1] == 1), self._model.image_size)
+        with torch.no_grad():
             tau = self._model.uncertainty_threshold(feats, valid)
         self._boxes[key] = (feats, tau)
         while len(self._boxes) > 32:
@@ -299,7 +319,8 @@ class Predictor:
     def predict_backbone(self, box, out_shape: tuple[int, int] | None = None,
                          region: tuple[float, float, float, float] | None = None, **prompt) -> np.ndarray:
         """The backbone decoder's own low-resolution mask, bilinearly resampled to the same grid: the
-        discrete baseline the INR is compared against. Takes the prompts ``predict`` takes."""
+        discrete baseline the INR is compared against. Takes the prompts ``predict`` takes, decoded all at
+        once as SAM does (no progressive merge of clicks)."""
         return self._dense(box, out_shape, region, "backbone", _sigmoid, prompt)
 
     def uncertainty(self, box, out_shape: tuple[int, int] | None = None,
@@ -316,7 +337,7 @@ class Predictor:
             raise TypeError(f"Unknown prompt arguments {sorted(unknown)}; use points, point_labels, mask_prompt.")
         with self._lock:
             region, out_shape = self._grid(region, out_shape)
-            feats, tau = self._prompt_state(box, **prompt)
+            feats, tau = self._prompt_state(box, **prompt, merge=what != "backbone")
             ys, xs = pixel_centres(region, out_shape)
             h, w = self.image_hw
             iy, ix = (ys >= 0) & (ys < h), (xs >= 0) & (xs < w)

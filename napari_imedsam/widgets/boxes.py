@@ -231,6 +231,11 @@ class BoxController(QObject):
         if job.protect:  # the user's corrected objects keep their pixels
             mask = mask & ~np.isin(current, list(job.protect))
         new = paste_mask(current, mask, obj.label, replace_label=bool(removed))
+        clicked = bool(removed) and len(obj.clicks) > len(removed[0].clicks)
+        if clicked and np.array_equal(new, current):
+            ctx.notifier.info(f"The click changed nothing: the model's mask of label {obj.label} did not follow it "
+                              "there (a click changes only the part it points at). Click deeper inside the missed "
+                              "or leaked part, redraw the box, or paint the correction.")
         sess.history.commit(labels.data, index, new, meta={"added": [obj], "removed": removed})
         sess.store.apply({"added": [obj], "removed": removed}, undo=False)
         sess.current = obj
