@@ -168,10 +168,15 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int = 3, wa
 def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 3,
                         warmup: int = 1, memory: bool = True) -> dict[str, Measurement]:
     """Like :func:`measure` for several functions, called in turn within each repeat, so that a drift of
-    the machine's speed (other processes, thermal) hits all of them alike and their ratio stays fair."""
+    the machine's speed (other processes, thermal) hits all of them alike and their ratio stays fair. The
+    order rotates from one repeat to the next, so that no function always runs first (on a warm or a cold
+    cache, right after another's memory was freed)."""
     out = {name: Measurement() for name in fns}
+    names = list(fns)
     for i in range(warmup + repeats):
-        for name, fn in fns.items():
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            fn = fns[name]
             synchronize(device)
             mem = PeakMemory(device) if memory and i >= warmup else contextlib.nullcontext()
             with mem:

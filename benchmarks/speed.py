@@ -123,8 +123,9 @@ def encoder_rows(devices: Sequence[torch.device], quick: bool, repeats: int) -> 
     rows = []
     for backbone, size in encoder_cases(quick):
         for dev in devices:
-            # the slowest rows on a CPU get fewer repeats (ViT-B at 1024 takes ~25 s per pass on 2 threads)
-            reps = min(repeats, 2) if (dev.type == "cpu" and size >= 1024) else repeats
+            # the slowest rows on a CPU get at most 3 repeats (ViT-B at 1024: ~10 s per pass on 2 threads), one
+            # per position of the three models' rotating order
+            reps = min(repeats, 3) if (dev.type == "cpu" and size >= 1024) else repeats
             rows.append(_encoder_case(backbone, size, dev, reps))
             _free()
     return rows

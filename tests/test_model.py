@@ -223,7 +223,8 @@ def test_training_after_inference_uses_fresh_lora_weights():
 
 
 def test_zero_frequency_adapters_are_skipped_exactly():
-    """Blocks whose FA up-projection is zero add nothing; skipping them changes no bit of the embedding."""
+    """Blocks whose FA up-projection is zero add nothing; skipping them leaves the embedding as the full
+    computation's (the one live block runs the fused inference path: equal to 1e-5, see the next test)."""
     model = build_model(default_config("tiny"))
     fa = model.encoder.fa
     images = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(6))
@@ -234,7 +235,34 @@ def test_zero_frequency_adapters_are_skipped_exactly():
         skipped = model.encode(images)
     assert all(fa.live())  # trainable and gradients wanted: every block runs
     full = model.encode(images).detach()
-    assert torch.equal(skipped, full)
+    assert (skipped - full).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("name, size", [("tiny", None), pytest.param("litemedsam", None, marks=pytest.mark.slow),
+                                        pytest.param("sam_vit_b", 256, marks=pytest.mark.slow)])
+def test_fused_frequency_adapters_equal_the_modules(name, size, monkeypatch):
+    """At inference the FA runs in place with its LayerNorm folded into the down-projection (TinyViT's
+    stages and SAM's ViT, random weights); the embedding equals the module path's, the one training uses."""
+    from napari_imedsam.model import frequency
+
+    fused_calls = []
+    model = build_model(default_config(name) if size is None else default_config(name, image_size=size))
+    _perturb(model, ["fa"], scale=0.2)
+    size = model.image_size
+    images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(7))
+    plain_path = frequency.Adapter.forward
+    with monkeypatch.context() as patch:
+        patch.setattr(frequency.Adapter, "forward", lambda self, t: fused_calls.append(1) or plain_path(self, t))
+        with torch.no_grad():
+            fused = model.encode(images)
+            again = model.encode(images)
+    assert not fused_calls  # no block fell back to the module path
+    assert torch.equal(fused, again)  # in-place work leaves nothing behind
+    model.set_trainable(["fa"])
+    with torch.enable_grad():
+        modules = model.encode(images).detach()
+    scale = modules.abs().max().item()
+    assert (fused - modules).abs().max().item() < 1e-5 * max(1.0, scale)
 
 
 def test_fingerprint_follows_every_change_and_only_changes(tmp_path):

@@ -55,10 +55,12 @@ class AdaptedViTEncoder(nn.Module):
             f = enc.patch_embed(self.normalise(spec))
             if enc.pos_embed is not None:
                 f = f + enc.pos_embed
+            # patch_embed's output is a permuted view, a layout the residual stream keeps: contiguous once
+            # here, so that the FA adds into tokens and stream in place instead of copying them every block
+            f, x = f.contiguous(), x.contiguous()
             for i, blk in enumerate(enc.blocks):
                 if live[i]:
-                    f, add = self.fa.step(i, f)
-                    x = blk(x) + add
+                    f, x = self.fa.step(i, f, blk(x))
                 else:  # a zero up-projection: no delta, tokens unchanged
                     x = blk(x)
         return enc.neck(x.permute(0, 3, 1, 2))
@@ -107,8 +109,7 @@ class AdaptedTinyViTEncoder(nn.Module):
                 f = self.fa_embed[str(s)](pooled)
             for blk in layer.blocks:
                 if f is not None and live[index]:
-                    f, add = self.fa.step(index, f)
-                    x = blk(x) + add
+                    f, x = self.fa.step(index, f, blk(x))
                 else:  # no FA, or a zero up-projection: no delta, tokens unchanged
                     x = blk(x)
                 index += 1

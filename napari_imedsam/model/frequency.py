@@ -62,6 +62,32 @@ class FrequencyAdapter(nn.Module):
             return self._live[1]
         return tuple(nz or w.requires_grad or b.requires_grad for nz, (w, b) in zip(self._live[1], ups))
 
-    def step(self, index: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        delta = self.adapters[index](tokens)
-        return tokens + delta, self.scale * delta
+    def step(self, index: int, tokens: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block ``index``'s adapter on the frequency ``tokens``: (tokens + delta, out + scale * delta), ``out``
+        being the block's output. Without gradients both sums are made in place, with the LayerNorm folded
+        into the down-projection (``_fused_step``): the adapter's cost is memory traffic over the tokens."""
+        a = self.adapters[index]
+        if torch.is_grad_enabled() and (tokens.requires_grad or out.requires_grad
+                                        or any(p.requires_grad for p in a.parameters())):
+            delta = a(tokens)
+            return tokens + delta, out + self.scale * delta
+        return _fused_step(a, tokens, out, self.scale)
+
+
+def _fused_step(a: Adapter, tokens: torch.Tensor, out: torch.Tensor, scale: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Adapter`` at inference, in place: LayerNorm + down as one (dim -> hidden) product on the raw tokens,
+    then one ``addmm_`` each into the tokens and the block's output (the up-projection's bias rides as an
+    extra input column). Reads the tokens twice, reads and writes tokens and output once each (plus a copy
+    of either when it is not contiguous)."""
+    tokens, out = tokens.contiguous(), out.contiguous()  # a block may return a transposed view (TinyViT)
+    t, o = tokens.view(-1, tokens.shape[-1]), out.view(-1, out.shape[-1])
+    var, mean = torch.var_mean(t, dim=-1, unbiased=False, keepdim=True)
+    w = a.down.weight * a.norm.weight  # (hidden, dim): the LayerNorm's gain folded in
+    shift = a.down.weight @ a.norm.bias + a.down.bias
+    h = (t @ w.t()).sub_(mean * w.sum(1)).mul_(torch.rsqrt(var + a.norm.eps)).add_(shift)
+    h = torch.cat([a.act(h), h.new_ones(h.shape[0], 1)], dim=1)
+    up = torch.cat([a.up.weight.t(), a.up.bias[None]], dim=0)  # (hidden + 1, dim)
+    o.addmm_(h.to(o.dtype), up.to(o.dtype), alpha=scale)  # explicit dtypes: in-place ops skip autocast
+    t.addmm_(h.to(t.dtype), up.to(t.dtype))
+    return tokens, out
