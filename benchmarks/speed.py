@@ -131,6 +131,50 @@ def encoder_rows(devices: Sequence[torch.device], quick: bool, repeats: int) -> 
     return rows
 
 
+def fa_step_rows(devices: Sequence[torch.device], quick: bool, repeats: int) -> list[dict]:
+    """The frequency adapter's own cost per encoder block: the module path (a full-size delta, then two sums)
+    beside the in-place inference path, on the token grids of LiteMedSAM's stages and of ViT-B at 512 / 1024,
+    interleaved. An encoder-level ratio cannot resolve a cost this small on a shared CPU."""
+    from napari_imedsam.model.frequency import Adapter, _fused_step
+
+    cases = [("tiny 64", 256, 64, False)] if quick else [
+        ("litemedsam stage 1 (32x32)", 1024, 160, True), ("litemedsam stage 2 (16x16)", 256, 320, True),
+        ("sam_vit_b 512 (32x32)", 1024, 768, False), ("sam_vit_b 1024 (64x64)", 4096, 768, False)]
+    rows = []
+    for dev in devices:
+        for name, n, dim, channel_major in cases:
+            gen = torch.Generator().manual_seed(0)
+            a = Adapter(dim, 8).to(dev)
+            with torch.no_grad():
+                for p in a.parameters():
+                    p.add_(1e-4 * torch.randn(p.shape, generator=gen).to(dev))
+            tokens = torch.randn(1, n, dim, generator=gen).to(dev)
+            out = torch.randn(1, dim, n, generator=gen).to(dev).transpose(1, 2) if channel_major else \
+                torch.randn(1, n, dim, generator=gen).to(dev)
+            t2, o2 = tokens.clone(), out.clone()
+
+            def module_path(a=a, tokens=tokens, out=out):
+                delta = a(tokens)
+                return tokens + delta, out + 1e-3 * delta
+
+            with torch.no_grad():
+                m = measure_interleaved({"module": module_path,
+                                         "in place": lambda a=a, t2=t2, o2=o2: _fused_step(a, t2, o2, 1e-3)},
+                                        dev, repeats=max(repeats, 20), warmup=3, memory=False)
+            rows.append({"case": name, "tokens": n, "dim": dim, "device": dev.type,
+                         "module_ms": m["module"].median * 1e3, "in_place_ms": m["in place"].median * 1e3,
+                         "repeats": len(m["module"].times)})
+    return rows
+
+
+def fa_step_table(rows: list[dict]) -> str:
+    head = ["tokens of", "tokens x dim", "device", "module path ms", "in place ms", "ratio", "repeats"]
+    return markdown_table(head,
+                          [[r["case"], f"{r['tokens']} x {r['dim']}", r["device"], fmt(r["module_ms"], 3),
+                            fmt(r["in_place_ms"], 3), fmt(r["in_place_ms"] / r["module_ms"], 2), r["repeats"]]
+                           for r in rows])
+
+
 def encoder_table(rows: list[dict]) -> str:
     head = ["backbone", "input", "device", "backbone ms", "+ LoRA + FA (tuned) ms", "overhead",
             "identity adapters overhead", "backbone peak MiB", "+ LoRA + FA peak MiB", "adapter params", "repeats",
@@ -352,10 +396,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     devices = devices_for(args.device)
     repeats = args.repeats or (1 if args.quick else 3)
     info = machine_info()
-    result: dict = {"machine": info, "quick": args.quick, "repeats": repeats, "encoder": [], "box_to_mask": [],
+    result: dict = {"machine": info, "quick": args.quick, "repeats": repeats, "encoder": [], "fa_step": [],
+                    "box_to_mask": [],
                     "view": [], "finetune": [], "render_setting": {}}
     if "encoder" not in args.skip:
         result["encoder"] = encoder_rows(devices, args.quick, repeats)
+        result["fa_step"] = fa_step_rows(devices, args.quick, repeats)
     if "render" not in args.skip:
         result["box_to_mask"], result["view"], result["render_setting"] = render_rows(devices, args.quick, repeats)
     if "finetune" not in args.skip:
@@ -366,7 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result["encoder"]:
         lines += ["### Encoder: plain backbone vs + LoRA + FA (one image, no grad)", "",
                   encoder_table(result["encoder"]), "",
-                  "### Encoder: achieved FLOP rate beside a plain matmul", "", share_table(result["encoder"]), ""]
+                  "### Encoder: achieved FLOP rate beside a plain matmul", "", share_table(result["encoder"]), "",
+                  "### Frequency adapter, one block (no grad)", "", fa_step_table(result["fa_step"]), ""]
     if result["box_to_mask"]:
         s = result["render_setting"]
         lines += [f"### Box -> mask with a cached embedding ({s['head']}; {s['image']}, object "

@@ -76,18 +76,31 @@ class FrequencyAdapter(nn.Module):
 
 def _fused_step(a: Adapter, tokens: torch.Tensor, out: torch.Tensor, scale: float
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Adapter`` at inference, in place: LayerNorm + down as one (dim -> hidden) product on the raw tokens,
-    then one ``addmm_`` each into the tokens and the block's output (the up-projection's bias rides as an
-    extra input column). Reads the tokens twice, reads and writes tokens and output once each (plus a copy
-    of either when it is not contiguous)."""
-    tokens, out = tokens.contiguous(), out.contiguous()  # a block may return a transposed view (TinyViT)
-    t, o = tokens.view(-1, tokens.shape[-1]), out.view(-1, out.shape[-1])
-    var, mean = torch.var_mean(t, dim=-1, unbiased=False, keepdim=True)
-    w = a.down.weight * a.norm.weight  # (hidden, dim): the LayerNorm's gain folded in
-    shift = a.down.weight @ a.norm.bias + a.down.bias
-    h = (t @ w.t()).sub_(mean * w.sum(1)).mul_(torch.rsqrt(var + a.norm.eps)).add_(shift)
-    h = torch.cat([a.act(h), h.new_ones(h.shape[0], 1)], dim=1)
+    """``Adapter`` at inference, in place: the small (dim -> hidden) half as the module computes it, then one
+    in-place product each into the tokens and the block's output (the up-projection's bias rides as an extra
+    input column), instead of a full-size delta, its sum with the tokens and its sum with the output: two
+    fresh token-sized tensors fewer per block. The output keeps its memory layout (TinyViT's blocks return a
+    channel-major view its next convolution wants)."""
+    tokens = tokens.contiguous()
+    h = a.act(a.down(a.norm(tokens))).reshape(-1, a.down.out_features)
+    h = torch.cat([h, h.new_ones(h.shape[0], 1)], dim=1)
     up = torch.cat([a.up.weight.t(), a.up.bias[None]], dim=0)  # (hidden + 1, dim)
-    o.addmm_(h.to(o.dtype), up.to(o.dtype), alpha=scale)  # explicit dtypes: in-place ops skip autocast
-    t.addmm_(h.to(t.dtype), up.to(t.dtype))
+    if not _add_product(out, h, up, scale):
+        out = out + scale * (h.to(out.dtype) @ up.to(out.dtype)).view(out.shape)
+    _add_product(tokens, h, up, 1.0)
     return tokens, out
+
+
+def _add_product(x: torch.Tensor, h: torch.Tensor, up: torch.Tensor, alpha: float) -> bool:
+    """``x`` (..., dim) += alpha * h @ up in place, rows of ``h`` in x's logical order, for a contiguous x
+    or a (B, L, dim) x stored channel-major; False (nothing done) for any other layout. Explicit dtypes:
+    in-place ops skip autocast."""
+    h, up = h.to(x.dtype), up.to(x.dtype)
+    if x.is_contiguous():
+        x.view(-1, x.shape[-1]).addmm_(h, up, alpha=alpha)
+        return True
+    if x.dim() == 3 and x.transpose(1, 2).is_contiguous():
+        b, n, _ = x.shape
+        x.transpose(1, 2).baddbmm_(up.t().expand(b, -1, -1), h.view(b, n, -1).transpose(1, 2), alpha=alpha)
+        return True
+    return False
