@@ -135,7 +135,7 @@ def fa_step_rows(devices: Sequence[torch.device], quick: bool, repeats: int) -> 
     """The frequency adapter's own cost per encoder block: the module path (a full-size delta, then two sums)
     beside the in-place inference path, on the token grids of LiteMedSAM's stages and of ViT-B at 512 / 1024,
     interleaved. An encoder-level ratio cannot resolve a cost this small on a shared CPU."""
-    from napari_imedsam.model.frequency import Adapter, _fused_step
+    from napari_imedsam.model.frequency import FrequencyAdapter
 
     cases = [("tiny 64", 256, 64, False)] if quick else [
         ("litemedsam stage 1 (32x32)", 1024, 160, True), ("litemedsam stage 2 (16x16)", 256, 320, True),
@@ -144,7 +144,8 @@ def fa_step_rows(devices: Sequence[torch.device], quick: bool, repeats: int) -> 
     for dev in devices:
         for name, n, dim, channel_major in cases:
             gen = torch.Generator().manual_seed(0)
-            a = Adapter(dim, 8).to(dev)
+            fa = FrequencyAdapter([dim], 8, 1e-3).to(dev)
+            a = fa.adapters[0]
             with torch.no_grad():
                 for p in a.parameters():
                     p.add_(1e-4 * torch.randn(p.shape, generator=gen).to(dev))
@@ -159,7 +160,7 @@ def fa_step_rows(devices: Sequence[torch.device], quick: bool, repeats: int) -> 
 
             with torch.no_grad():
                 m = measure_interleaved({"module": module_path,
-                                         "in place": lambda a=a, t2=t2, o2=o2: _fused_step(a, t2, o2, 1e-3)},
+                                         "in place": lambda fa=fa, t2=t2, o2=o2: fa.step(0, t2, o2)},
                                         dev, repeats=max(repeats, 20), warmup=3, memory=False)
             rows.append({"case": name, "tokens": n, "dim": dim, "device": dev.type,
                          "module_ms": m["module"].median * 1e3, "in_place_ms": m["in place"].median * 1e3,
