@@ -576,6 +576,10 @@ def test_clicks_refine_the_current_object_with_undo(make_napari_viewer, segment_
     np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, grown)
     w.undo()
     np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, first)
+    click(w, 60, 98)  # after undo the restored object is current: the click refines it, not a new object
+    obj = sess.store.on_slice(None)[-1]
+    assert obj.label == 1 and obj.box_prompt and obj.clicks == ((98.5, 60.5, 1),)
+    np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, grown)
 
 
 def test_a_click_without_an_object_starts_one_and_clear_removes_its_clicks(make_napari_viewer, segment_widget,

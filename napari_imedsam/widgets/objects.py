@@ -49,8 +49,10 @@ class ObjectActions(QObject):
             ctx.notifier.info("Nothing to redo." if redo else "Nothing to undo.")
             return
         sess.store.apply(change.meta, undo=not redo)
-        added = change.meta.get("added", [])
-        sess.current = added[-1] if redo and added else None
+        # the object the step leaves on screen is current: after undoing a click, the next click refines the
+        # object as it was before it (not a new object)
+        back = change.meta.get("added" if redo else "removed", [])
+        sess.current = back[-1] if back else None
         sess.labels.refresh()
         self.committed.emit(sess)
 
