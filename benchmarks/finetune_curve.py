@@ -261,11 +261,16 @@ def dark_structures(volume: np.ndarray, threshold: float = 6000.0) -> np.ndarray
     return out
 
 
-def mri_rows(backbone: str, settings, device, quick: bool) -> list[dict]:
+def anatomical_mri() -> np.ndarray:
+    """nibabel's T1 ``anatomical.nii`` (the plugin's MRI sample) as float32 (z, y, x)."""
     from napari_imedsam.io.volumes import load_nifti
     from napari_imedsam.sample_data import nibabel_anatomical_path
 
-    vol = load_nifti(nibabel_anatomical_path()).data.astype(np.float32)
+    return load_nifti(nibabel_anatomical_path()).data.astype(np.float32)
+
+
+def mri_rows(backbone: str, settings, device, quick: bool) -> list[dict]:
+    vol = anatomical_mri()
     lab = dark_structures(vol)
     zs = [z for z in range(vol.shape[0]) if lab[z].any()]
     train_z = [z for z in zs if z % 2 == 1][: 2 if quick else None]

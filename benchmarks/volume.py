@@ -91,10 +91,6 @@ class CachedSlices:
     encode_s: list = field(default_factory=list)
     decode_s: list = field(default_factory=list)
 
-    @property
-    def measures_uncertainty(self) -> bool:
-        return bool(self.segmenter.predictor.model.config.ugs)
-
     def src(self, z: int):
         from napari_imedsam.engine.segmenter import SliceImage
 
@@ -159,19 +155,15 @@ def phantom_volumes(quick: bool) -> list[Volume]:
     return out
 
 
-def mri_volume(quick: bool) -> Volume:
+def mri_structures_volume(quick: bool) -> Volume:
     """nibabel's T1 ``anatomical.nii``: the CSF-dark structures of the fine-tuning benchmark
     (``finetune_curve.dark_structures``, per slice) joined across slices into 3-D objects (6-connected), those
     on >= 5 slices (the ventricles)."""
     from scipy import ndimage
 
-    from napari_imedsam.io.volumes import load_nifti
-    from napari_imedsam.sample_data import nibabel_anatomical_path
+    from .finetune_curve import anatomical_mri, dark_structures
 
-    from .finetune_curve import dark_structures
-
-    nii = load_nifti(nibabel_anatomical_path())
-    vol = nii.data.astype(np.float32)
+    vol = anatomical_mri()
     lab, _ = ndimage.label(dark_structures(vol) > 0)
     ids = [i for i in np.unique(lab)[1:] if int((lab == i).any(axis=(1, 2)).sum()) >= 5]
     if quick:
@@ -250,7 +242,8 @@ def object_rows(cache: CachedSlices, label: int) -> tuple[dict[str, dict], list[
     # oracle first: every later propagation row re-uses its (slice, box) logits
     _, _, steps = run_propagation(cache, z0, seed, oracle_settings(), cache.raw,
                                   limits={1: hi + 2 - z0, -1: z0 - (lo - 2)})
-    seed_doubt = cache.uncertainty(z0, tuple(mask_to_box(gt[z0]))) if cache.measures_uncertainty else None
+    ugs = cache.segmenter.predictor.model.config.ugs
+    seed_doubt = cache.uncertainty(z0, tuple(mask_to_box(gt[z0]))) if ugs else None
     for st in steps:
         past = st.slice - hi if st.slice > hi else (lo - st.slice if st.slice < lo else 0)
         sig = {k: st.signals.get(k) for k in SIGNALS}
@@ -378,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     segmenter = Segmenter(Predictor(load_model(backbone), device=device, cache_bytes=2**31))
     loaders: dict[str, Callable[[], list[Volume]]] = {
         "nuclei": lambda: [nuclei_volume(args.quick)], "phantom": lambda: phantom_volumes(args.quick),
-        "mri": lambda: [mri_volume(args.quick)]}
+        "mri": lambda: [mri_structures_volume(args.quick)]}
     results = []
     for name in args.sections:
         with torch.no_grad():

@@ -52,18 +52,15 @@ def click_counts(batch: int, probability: float, max_clicks: int, rng: np.random
     return np.where(clicked, rng.integers(1, max_clicks + 1, size=batch), 0)
 
 
-def simulated_clicks(lowres_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | torch.Tensor,
-                     truth: torch.Tensor, size: int, probability: float, rng: np.random.Generator,
+def simulated_clicks(lowres_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], truth: torch.Tensor,
+                     size: int, probability: float, rng: np.random.Generator,
                      max_clicks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Corrective clicks, each from the model's mask given the box and the clicks before it (SAM's iterative
     training): (B, K, 2) input pixels and (B, K) labels, K = ``max_clicks``; an object without its k-th click
     has a padding point there (label -1, which SAM's prompt encoder embeds as "not a point").
 
     ``lowres_of(points, labels)``: the current low-resolution logits (B, 1, g, g) for the box plus those
-    clicks (points (B, k, 2), k = 0 first); a tensor stands for the box's logits, for one click."""
-    if isinstance(lowres_of, torch.Tensor):
-        box_logits = lowres_of
-        lowres_of = lambda points, labels: box_logits  # noqa: E731 - one click: the box's mask only
+    clicks (points (B, k, 2), k = 0 first)."""
     b = truth.shape[0]
     counts = click_counts(b, probability, max_clicks, rng)
     points = torch.zeros((b, max_clicks, 2))

@@ -28,11 +28,11 @@ def test_truth_on_the_low_resolution_grid_and_clicks_in_input_pixels():
     assert grid.shape == (1, 16, 16) and not grid[0, 13:].any()  # the padding is background
     assert grid[0].sum() > 0
     lowres = torch.full((1, 1, 16, 16), -5.0)  # the backbone found nothing: a positive click is due
-    pts, labels = simulated_clicks(lowres, grid, 64, 1.0, np.random.default_rng(0))
+    pts, labels = simulated_clicks(lambda *_: lowres, grid, 64, 1.0, np.random.default_rng(0))
     assert labels.tolist() == [[1.0]]
     x, y = pts[0, 0].tolist()
     assert 16 <= x <= 48 and 8 <= y <= 24  # inside the object, in input pixels (64 / 16 = 4 per cell)
-    _, none = simulated_clicks(lowres, grid, 64, 0.0, np.random.default_rng(0))
+    _, none = simulated_clicks(lambda *_: lowres, grid, 64, 0.0, np.random.default_rng(0))
     assert none.tolist() == [[-1.0]]  # probability 0: a padding point only
 
 

@@ -28,12 +28,11 @@ def changed_region(previous: torch.Tensor, new: torch.Tensor, cell: tuple[int, i
     the boundary next to a click rather than under it), the parts of what changes in the click's direction
     that come within ``reach`` cells of it. Empty when nothing near the click changes that way."""
     before, after = (previous > 0).cpu().numpy(), (new > 0).cpu().numpy()
-    holding = after if positive else before & ~after
-    parts, _ = ndimage.label(holding)
+    parts, n = ndimage.label(after if positive else before & ~after)
     if parts[cell]:
         return torch.from_numpy(parts == parts[cell]).to(previous.device)
-    changed = after & ~before if positive else holding
-    parts, n = ndimage.label(changed)
+    if positive:  # what the new mask adds (a negative click's removals are what was labelled above)
+        parts, n = ndimage.label(after & ~before)
     if not n or reach <= 0:
         return torch.zeros_like(previous, dtype=torch.bool)
     r = int(np.ceil(reach))

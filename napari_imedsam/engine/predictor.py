@@ -214,9 +214,10 @@ class Predictor:
         emb = self._ensure_embedding()
         dev = self.device
         b = None if prompt.box is None else torch.from_numpy(self.transform_box(prompt.box)).to(dev)[None]
-        pts = lab = mask = None
+        pts = lab = mask = xy = None
         if prompt.points is not None:
-            pts = torch.from_numpy(self.transform_coords(prompt.points)).to(dev)[None]
+            xy = self.transform_coords(prompt.points)  # input pixels; the last one is the click a merge places
+            pts = torch.from_numpy(xy).to(dev)[None]
             lab = torch.from_numpy(prompt.labels).to(dev)[None]
         if prompt.mask is not None:
             mask = mask_input(prompt.mask, prep, self._model.box_decoder.mask_input_size, self._model.image_size, dev)
@@ -227,8 +228,7 @@ class Predictor:
             before = prompt.points[:-1] if len(prompt.points) > 1 else None
             labels_before = prompt.labels[:-1] if before is not None else None
             previous, _ = self._prompt_state(prompt.box, before, labels_before, mask_prompt)
-            feats = merge_click(previous, feats, self.transform_coords(prompt.points[-1:])[0],
-                                bool(prompt.labels[-1] == 1), self._model.image_size)
+            feats = merge_click(previous, feats, xy[-1], bool(prompt.labels[-1] == 1), self._model.image_size)
         with torch.no_grad():
             tau = self._model.uncertainty_threshold(feats, valid)
         self._boxes[key] = (feats, tau)

@@ -64,8 +64,8 @@ class FrequencyAdapter(nn.Module):
 
     def step(self, index: int, tokens: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Block ``index``'s adapter on the frequency ``tokens``: (tokens + delta, out + scale * delta), ``out``
-        being the block's output. Without gradients both sums are made in place, with the LayerNorm folded
-        into the down-projection (``_fused_step``): the adapter's cost is memory traffic over the tokens."""
+        being the block's output. Without gradients both sums are made in place (``_fused_step``): the
+        adapter's cost is memory traffic over the tokens, and this saves two token-sized tensors per block."""
         a = self.adapters[index]
         if torch.is_grad_enabled() and (tokens.requires_grad or out.requires_grad
                                         or any(p.requires_grad for p in a.parameters())):
@@ -87,7 +87,7 @@ def _fused_step(a: Adapter, tokens: torch.Tensor, out: torch.Tensor, scale: floa
     up = torch.cat([a.up.weight.t(), a.up.bias[None]], dim=0)  # (hidden + 1, dim)
     if not _add_product(out, h, up, scale):
         out = out + scale * (h.to(out.dtype) @ up.to(out.dtype)).view(out.shape)
-    _add_product(tokens, h, up, 1.0)
+    _add_product(tokens, h, up, 1.0)  # contiguous: always in place
     return tokens, out
 
 
