@@ -47,7 +47,12 @@ def _device_of(model: IMedSAM) -> torch.device:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))).astype(np.float32)
+    """float32 probabilities, computed in one buffer (a full-size map at 4x zoom is 16 MB per temporary)."""
+    y = np.clip(np.asarray(x, dtype=np.float32), -60, 60)
+    np.negative(y, out=y)
+    np.exp(y, out=y)
+    y += 1
+    return np.reciprocal(y, out=y)
 
 
 class Predictor:

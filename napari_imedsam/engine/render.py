@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 OUTSIDE_LOGIT = -30.0  # value outside the image: probability ~0
 
@@ -57,6 +56,17 @@ def _interp2(lat: np.ndarray, ly: np.ndarray, lx: np.ndarray, py: np.ndarray, px
     return _interp_axis(_interp_axis(lat, ly, py, 0), lx, px, 1)
 
 
+def _dilate3(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one cell in all 8 directions (a 3x3 binary dilation, done as two 1-D passes)."""
+    rows = mask.copy()
+    rows[1:] |= mask[:-1]
+    rows[:-1] |= mask[1:]
+    out = rows.copy()
+    out[:, 1:] |= rows[:, :-1]
+    out[:, :-1] |= rows[:, 1:]
+    return out
+
+
 def _cell_of(lattice: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Index of the lattice cell (between lattice[i] and lattice[i + 1]) holding each position."""
     return np.clip(np.searchsorted(lattice, pos, side="right") - 1, 0, max(0, len(lattice) - 2))
@@ -84,7 +94,8 @@ def render_logits(
     ys, xs = pixel_centres(region, (h, w))
     inside = ((ys >= 0) & (ys < image_hw[0]))[:, None] & ((xs >= 0) & (xs < image_hw[1]))[None, :]
     val = np.full((h, w), np.nan, dtype=np.float32)
-    val[~inside] = OUTSIDE_LOGIT
+    if not inside.all():
+        val[~inside] = OUTSIDE_LOGIT
     evaluated = 0
 
     def run(mask: np.ndarray) -> None:
@@ -111,35 +122,42 @@ def render_logits(
     levels = 0
     while True:
         levels += 1
-        lat = val[np.ix_(ly, lx)]
-        rr, cc = np.nonzero(act & np.isnan(lat))
+        full = step == 1  # the last level's lattice is every pixel: work in ``val`` itself, no gathered copy
+        lat = val if full else val[np.ix_(ly, lx)]
+        missing = np.isnan(lat)
+        rr, cc = np.nonzero(act & missing)
         if rr.size:
             got = evaluate(np.stack([xs[lx[cc]], ys[ly[rr]]], axis=-1))
-            val[ly[rr], lx[cc]] = got
             lat[rr, cc] = got
+            if not full:
+                val[ly[rr], lx[cc]] = got
+            missing[rr, cc] = False
             evaluated += rr.size
         if est is not None:
-            lat = np.where(np.isnan(lat), est, lat)
-        if step == 1:
-            return lat.astype(np.float32), RenderStats(evaluated, h * w, levels)
+            np.copyto(lat, est, where=missing)
+        if full:
+            return lat, RenderStats(evaluated, h * w, levels)
         lo = np.minimum(np.minimum(lat[:-1, :-1], lat[1:, :-1]), np.minimum(lat[:-1, 1:], lat[1:, 1:]))
         hi = np.maximum(np.maximum(lat[:-1, :-1], lat[1:, :-1]), np.maximum(lat[:-1, 1:], lat[1:, 1:]))
         # a cell far below an image pixel cannot hide a whole structure: shrink the margin with it
         m = margin * min(1.0, step / out_per_image_px)
         flagged = (lo < m) & (hi > -m)
         if flagged.size:
-            flagged = ndimage.binary_dilation(flagged, structure=np.ones((3, 3), bool))
+            flagged = _dilate3(flagged)
         step //= 2
         ny, nx = _lattice(h, step), _lattice(w, step)
         est = _interp2(lat, ly, lx, ny, nx)
         rows, cols = _cell_of(ly, ny), _cell_of(lx, nx)
         if flagged.size:
-            act = flagged[rows][:, cols]
-            # a point on a lattice line also belongs to the cell before it
+            # a point belongs to its cell and, on a lattice line, to the cell before it (and, at a lattice
+            # corner, the diagonal one): rows first, then columns, so that full-size arrays are made once
             on_y, on_x = np.isin(ny, ly[1:-1]), np.isin(nx, lx[1:-1])
-            if on_y.any() or on_x.any():
-                act |= flagged[np.maximum(rows - 1, 0)][:, cols] & on_y[:, None]
-                act |= flagged[rows][:, np.maximum(cols - 1, 0)] & on_x[None, :]
+            by_row = flagged[rows]
+            if on_y.any():
+                by_row |= flagged[np.maximum(rows - 1, 0)] & on_y[:, None]
+            act = np.take(by_row, cols, axis=1)  # np.take: 2x faster than fancy indexing along columns
+            if on_x.any():
+                act |= np.take(by_row, np.maximum(cols - 1, 0), axis=1) & on_x[None, :]
         else:
             act = np.ones((len(ny), len(nx)), dtype=bool)
         ly, lx = ny, nx

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import triton_guard
+from . import fast_paths, triton_guard
 from .adapters import adapter_config, load_adapters
 from .backbones import SAM_VIT, build_backbone
 from .config import BACKBONES, IMedSAMConfig, default_config
@@ -21,6 +21,8 @@ def build_model(config: IMedSAMConfig, checkpoint: str | Path | None = None,
     """The model for ``config`` on ``device`` (``"meta"`` builds shapes only, for counting parameters)."""
     triton_guard.apply()  # the backbones import torchvision; a viewer may have mapped LLVM since import
     parts = build_backbone(config.backbone, config.image_size, checkpoint=checkpoint, device=device)
+    if config.fast_backbone:
+        fast_paths.install(parts)
     with torch.device(device):
         model = IMedSAM(parts, config)
     return model.eval()

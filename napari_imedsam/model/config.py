@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 BACKBONES = ("tiny", "litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h")
 
 # Settings that only change how a trained model is *queried*; adapters load across them.
-INFERENCE_ONLY = ("mc_samples", "topk", "ugs_reference_grid", "residual_bound")
+INFERENCE_ONLY = ("mc_samples", "topk", "ugs_reference_grid", "residual_bound", "fast_backbone")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class IMedSAMConfig:
     residual_bound: float | None = 12.0
     box_coords: bool = True  # feed the point's coordinates relative to the box to the INR
     num_classes: int = 1
+    # the frozen backbone runs exact, faster rewrites of its code (model/fast_paths.py: fused attention,
+    # BatchNorm folded, channels-last); False: segment-anything's / TinyViT's code as released
+    fast_backbone: bool = True
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:

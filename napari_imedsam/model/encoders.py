@@ -74,6 +74,7 @@ class AdaptedTinyViTEncoder(nn.Module):
         self.backbone = encoder
         self.use_fa = config.fa
         self.fa_mode = config.fa_mode
+        self.channels_last = config.fast_backbone
         dims: list[int] = []
         self.stage_of_block: list[int] = []
         for s, layer in enumerate(encoder.layers[1:], start=1):
@@ -95,7 +96,10 @@ class AdaptedTinyViTEncoder(nn.Module):
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         enc = self.backbone
-        x = enc.patch_embed((images01 - self.pixel_mean) / self.pixel_std)
+        x = (images01 - self.pixel_mean) / self.pixel_std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)  # the layout fast_paths stores TinyViT in
+        x = enc.patch_embed(x)
         x = enc.layers[0](x)
         live = self.fa.live() if self.fa is not None else ()
         spec = image_spectrum(images01, self.fa_mode).to(images01.dtype) if any(live) else None

