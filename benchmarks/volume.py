@@ -55,11 +55,12 @@ PROPAGATION_ROWS = ("shipped", "new", "marked extent")
 
 
 def shipped_settings():
-    """The rules of the first release, re-run by the current code (its boxes: the whole previous mask)."""
+    """The rules of the first release, re-run by the current code (its boxes: the whole previous mask grown
+    by 10 %, at least 2 px)."""
     from napari_imedsam.engine.propagation import PropagationSettings
 
     return replace(PropagationSettings().without_stop_rules(), box_intensity=None, min_stability=0.75,
-                   max_intensity_shift=0.5)
+                   max_intensity_shift=0.5, margin=0.1, min_margin=2.0)
 
 
 def oracle_settings():

@@ -24,6 +24,10 @@ from src_training.data.boxes import mask_to_box
 from .propagation import Box, PropagationSettings, Step, slice_functions, stability
 
 MODES = ("adaptive", "linear")
+#: Interpolated boxes are grown by at least 2 px per side. Propagation's 1 px (its box follows the previous
+#: slice's mask) lowers interpolation from 2 annotated slices from 0.792 to 0.632 3-D Dice on the nuclei
+#: (0.945 -> 0.916 on the phantom): a box interpolated between two ends needs the slack.
+INTERPOLATION_SETTINGS = PropagationSettings(min_margin=2.0)
 
 
 def _grow(box: np.ndarray, s: PropagationSettings, hw: tuple[int, int]) -> Box:
@@ -51,7 +55,7 @@ def _inward(a: int, b: int) -> list[int]:
 def interpolate(
     segment: Callable[[int, Box], np.ndarray],
     masks: Mapping[int, np.ndarray],
-    settings: PropagationSettings = PropagationSettings(),
+    settings: PropagationSettings = INTERPOLATION_SETTINGS,
     mode: str = "adaptive",
 ) -> Generator[Step, None, str]:
     """Yield a :class:`Step` for every slice strictly between consecutive keys of ``masks`` ({slice: bool
@@ -100,7 +104,7 @@ def interpolate_between(
     volume,
     masks: Mapping[int, np.ndarray],
     window: tuple[float, float] | None = None,
-    settings: PropagationSettings = PropagationSettings(),
+    settings: PropagationSettings = INTERPOLATION_SETTINGS,
     mode: str = "adaptive",
 ) -> Generator[Step, None, str]:
     """:func:`interpolate` on a volume with a Predictor or Segmenter (see

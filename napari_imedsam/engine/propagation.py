@@ -66,13 +66,24 @@ class PropagationSettings:
     0.633 -> 0.689 (slices covered 90 -> 87 %, past an end 2.0 -> 0.9 on average), phantom 0.947 -> 0.951.
     Stricter stability doubts (0.95) reach 0.698 but cover 83 %; box prompts without the intensity rule lose
     (0.604).
+
+    Boxes re-chosen on the same replays (nuclei; phantom seeds 0 and 3; docs/benchmarks.md): ``min_margin``
+    2 -> 1 px (a nucleus is ~12 px across: 2 px per side made the box a third too big, and LiteMedSAM fills
+    what it is given; with the object's extent marked 0.773 -> 0.805) and ``box_intensity`` 0.5 -> 0.8 (the
+    box shrinks onto the bright core as a nucleus fades, and off the next nucleus of the stack). Together
+    (the benchmark's full run): nuclei 0.689 -> 0.765 (covered 87 -> 92 %, most past one end 10 -> 8),
+    phantom 0.958 -> 0.968 (covered 97 -> 99 %) but one organ end of 40 runs 6 slices on into brighter
+    tissue (at most 1 before), MRI 0.295 -> 0.440 (covered 54 -> 75 %). Tried and not kept: refitting each
+    slice's box to its own mask (nuclei 0.689 -> 0.606), ``box_intensity`` 0.7 / 0.9 (0.754 / 0.758),
+    ``max_seed_gain`` 0.5 (phantom at most 2 past, but nuclei covered 87 %). Interpolation keeps 2 px
+    (``interpolation.INTERPOLATION_SETTINGS``).
     """
 
     limit: int | None = None  # at most this many slices per direction
     margin: float = 0.1  # the next box is the mask's box grown by this fraction of its size per side
-    min_margin: float = 2.0  # ... and by at least this many pixels
+    min_margin: float = 1.0  # ... and by at least this many pixels
     min_area: int = 4  # pixels; a smaller mask counts as vanished
-    box_intensity: float | None = 0.5  # the box follows the mask's part that is this far towards the seed's intensity
+    box_intensity: float | None = 0.8  # the box follows the mask's part that is this far towards the seed's intensity
     # hard rules: one failing slice stops it
     max_growth: float | None = 2.0  # the area grows more than this factor from one slice to the next (leak)
     min_overlap: float | None = 0.3  # share of the mask inside the previous slice's mask (jumped elsewhere)

@@ -41,7 +41,7 @@ def rel_pos_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         mask = (rel_h[:, :, r0:r1, :, :, None] + rel_w[:, :, r0:r1, :, None, :]).reshape(b, heads, (r1 - r0) * w, n)
-        out.append(F.scaled_dot_product_attention(q[:, :, r0 * w:r1 * w], k, v, attn_mask=mask))
+        out.append(F.scaled_dot_product_attention(q[:, :, r0 * w:r1 * w], k, v, attn_mask=mask.to(q.dtype)))
     return out[0] if len(out) == 1 else torch.cat(out, dim=2)
 
 
@@ -79,7 +79,7 @@ def _tinyvit_attention_class():
             q, k, v = qkv.view(b, n, self.num_heads, -1).split([self.key_dim, self.key_dim, self.d], dim=3)
             bias = self.attention_biases[:, self.attention_bias_idxs] if self.training else self.ab
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 attn_mask=bias, scale=self.scale)
+                                                 attn_mask=bias.to(q.dtype), scale=self.scale)  # autocast: bf16 q
             return self.proj(out.transpose(1, 2).reshape(b, n, self.dh))
 
     return Attention, SDPABiasAttention
