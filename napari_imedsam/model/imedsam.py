@@ -50,6 +50,7 @@ class IMedSAM(nn.Module):
         self._pristine_mask_decoder = {n: p.detach().cpu().clone()
                                        for n, p in self.named_part_parameters()["mask_decoder"] if not p.is_meta}
         self._fingerprints: dict[tuple[str, ...], tuple[tuple, str]] = {}  # parts -> (tensor state, hash)
+        self._groups_memo: tuple[tuple[int, ...], dict] | None = None  # see _part_groups
 
     def train(self, mode: bool = True) -> IMedSAM:
         """The frozen backbone always runs in eval mode (BatchNorm statistics and TinyViT's attention-bias
@@ -76,6 +77,15 @@ class IMedSAM(nn.Module):
             elif name.startswith(("coarse.", "fine.")):
                 groups["inr"].append((name, p))
         return groups
+
+    def _part_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """``named_part_parameters()``, found once per model (walking the backbone's modules costs ~5 ms, and
+        ``fingerprint`` runs on every query). Adapters load, train and move in place, so the Parameter objects
+        never change after construction; a replaced submodule of the model invalidates the memo."""
+        owners = tuple(id(m) for m in self.children())
+        if self._groups_memo is None or self._groups_memo[0] != owners:
+            self._groups_memo = (owners, self.named_part_parameters())
+        return self._groups_memo[1]
 
     def set_trainable(self, parts: tuple[str, ...] | list[str]) -> None:
         unknown = set(parts) - set(PART_NAMES)
@@ -120,7 +130,7 @@ class IMedSAM(nn.Module):
         per query costs no device-to-host copy."""
         parts = {"encoder": ("lora", "fa"), "decoder": ("decoder", "mask_decoder", "inr")}.get(parts, parts)
         parts = (parts,) if isinstance(parts, str) else tuple(parts)
-        groups = self.named_part_parameters()
+        groups = self._part_groups()
         params = [(n, p) for part in parts for n, p in groups[part]]
         state = tuple((n, p.data_ptr(), p._version, p.dtype, p.device) for n, p in params)
         cached = self._fingerprints.get(parts)
