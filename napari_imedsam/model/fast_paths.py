@@ -13,9 +13,10 @@
 - TinyViT stored channels-last: its convolutions then skip the layout reorders, and the transformer stages'
   token views (B, L, C) are channels-last already.
 - TinyViT's convolution blocks (``MBConv``, ``PatchMerging``) with the GELU after a convolution, and the
-  residual sum, done inside the convolution (oneDNN's post-ops, ``torch.ops.mkldnn._convolution_pointwise``): stage 0
-  runs at 64 x 64 with 256 channels, where a separate GELU pass over memory cost as much as the convolution.
-  CPU, fp32, outside autocast and where no gradient flows through the block; elsewhere the released code.
+  residual sum, done inside the convolution (oneDNN's post-ops, ``torch.ops.mkldnn._convolution_pointwise``):
+  stage 0 runs at 256 x 256 with 256 channels inside its MBConvs, where a separate GELU pass over memory cost
+  as much as the convolution. CPU, fp32, outside autocast and where no gradient flows through the block;
+  elsewhere the released code.
 
 The parameters keep their names (LoRA wraps ``attn.qkv`` as before; adapter files do not change); the
 backbone's ``weights_hash`` is taken before. ``IMedSAMConfig(fast_backbone=False)`` keeps the code as
