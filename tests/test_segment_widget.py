@@ -574,12 +574,23 @@ def test_clicks_refine_the_current_object_with_undo(make_napari_viewer, segment_
     np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, shrunk)
     w.undo()
     np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, grown)
+    # an undone click leaves the clicks layer (without re-segmenting), a redone one comes back
+    assert list(sess.clicks.features["positive"]) == [True]
+    np.testing.assert_allclose(sess.clicks.data, [[60, 98]])
+    w.redo()
+    np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, shrunk)
+    assert list(sess.clicks.features["positive"]) == [True, False]
+    np.testing.assert_allclose(sess.clicks.data, [[60, 98], [88, 70]])
+    w.undo()
     w.undo()
     np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, first)
+    assert len(sess.clicks.data) == 0 and w.wait_idle(60)
+    np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, first)  # nothing was re-segmented
     click(w, 60, 98)  # after undo the restored object is current: the click refines it, not a new object
     obj = sess.store.on_slice(None)[-1]
     assert obj.label == 1 and obj.box_prompt and obj.clicks == ((98.5, 60.5, 1),)
     np.testing.assert_array_equal(np.asarray(sess.labels.data) == 1, grown)
+    assert len(sess.clicks.data) == 1
 
 
 def test_a_click_without_an_object_starts_one_and_clear_removes_its_clicks(make_napari_viewer, segment_widget,
@@ -642,3 +653,25 @@ def test_a_marked_extent_outside_the_current_slice_is_refused(make_napari_viewer
     assert w.wait_idle(120)
     done = set(np.nonzero(np.asarray(sess.labels.data).any(axis=(1, 2)))[0])
     assert done <= set(range(3, 9)) and {4, 6} <= done  # filled towards the marked ends, never past them
+
+
+def test_undo_and_redo_of_a_click_on_a_volume_slice_keep_the_clicks_layer_in_step(make_napari_viewer,
+                                                                                  segment_widget, disk_image):
+    """A click on slice 3 of an anisotropic volume: undo takes its point off the clicks layer, redo puts it
+    back where it was (slice 3, same pixel), with its object's features."""
+    viewer = make_napari_viewer()
+    vol = np.stack([disk_image((96, 112), centre=(50, 60), radius=20)] * 6)
+    viewer.add_image(vol, name="stack", scale=(5.0, 1.0, 1.0))
+    w = segment_widget(viewer)  # tiny model
+    viewer.dims.set_current_step(0, 3)
+    sess = w.session()
+    sess.clicks.add(np.array([[3, 50, 60]], dtype=float))
+    assert w.wait_idle(60), "workers did not finish"
+    obj = sess.store.on_slice(3)[-1]
+    assert obj.clicks == ((60.5, 50.5, 1),) and (np.asarray(sess.labels.data)[3] == obj.label).any()
+    w.undo()
+    assert len(sess.clicks.data) == 0 and not (np.asarray(sess.labels.data)[3] == obj.label).any()
+    w.redo()
+    np.testing.assert_allclose(sess.clicks.data, [[3, 50, 60]])
+    assert list(sess.clicks.features["label"]) == [obj.label] and list(sess.clicks.features["slice"]) == [3]
+    assert w.wait_idle(60) and len(sess.store.on_slice(3)) == 1  # the redo re-segmented nothing

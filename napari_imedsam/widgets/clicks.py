@@ -108,9 +108,8 @@ class ClickController(QObject):
 
     def resync(self, sess: LayerSession) -> None:
         """After clicks were deleted: re-segment each object of the shown slice whose clicks changed."""
-        feats = sess.clicks.features
         for old in [o for o in sess.store.objects if o.clicks]:
-            keep = [(x, y, v) for (x, y, v) in old.clicks if self._present(sess, feats, old, x, y)]
+            keep = [(x, y, v) for (x, y, v) in old.clicks if self._present(sess, old, x, y)]
             if len(keep) == len(old.clicks):
                 continue
             if not keep and not old.box_prompt:
@@ -118,18 +117,12 @@ class ClickController(QObject):
             obj = sess.store.new(old.label, old.box, old.slice, keep, old.box_prompt)
             self._queue(sess, obj, old)
 
-    def _present(self, sess: LayerSession, feats, obj: SegObject, x: float, y: float) -> bool:
-        for i in range(len(sess.clicks.data)):
-            if int(feats["label"].iloc[i]) != obj.label or int(feats["slice"].iloc[i]) != (obj.slice or 0):
-                continue
-            px, py, _ = self._where(sess, i)
-            if abs(px - x) < 1e-6 and abs(py - y) < 1e-6:
-                return True
-        return False
+    def _present(self, sess: LayerSession, obj: SegObject, x: float, y: float) -> bool:
+        return any(self._present_at(sess, i, obj, (x, y)) for i in range(len(sess.clicks.data)))
 
     def _set_features(self, sess: LayerSession, i: int, label: int, z: int | None, positive: bool) -> None:
         layer = sess.clicks
-        self._busy = True
+        was_busy, self._busy = self._busy, True
         try:
             feats = layer.features.copy()
             for col, default in (("label", 0), ("slice", 0), ("positive", True)):
@@ -144,7 +137,53 @@ class ClickController(QObject):
                 colors[i] = transform_color(POSITIVE_COLOR if positive else NEGATIVE_COLOR)[0]
                 layer.face_color = colors
         finally:
+            self._busy = was_busy
+
+    def match_store(self, sess: LayerSession) -> None:
+        """After an undo or redo: the clicks layer shows the clicks of the objects the step left (a click
+        undone disappears, a click redone comes back), without re-segmenting anything."""
+        layer = sess.clicks
+        if layer is None or not self.ctx.alive_layer(layer):
+            return
+        objects = [o for o in sess.store.objects if o.clicks]
+        feats = layer.features
+        stale = set()
+        for i in range(len(layer.data)):
+            label = int(feats["label"].iloc[i]) if "label" in feats else 0
+            if label and not any(self._present_at(sess, i, o) for o in objects):
+                stale.add(i)
+        self._busy = True
+        try:
+            if stale:
+                layer.selected_data = stale
+                layer.remove_selected()
+            for obj in objects:
+                for x, y, positive in obj.clicks:
+                    if not any(self._present_at(sess, i, obj, (x, y)) for i in range(len(layer.data))):
+                        layer.add(self._layer_point(sess, obj, x, y)[None])
+                        self._set_features(sess, len(layer.data) - 1, obj.label, obj.slice, bool(positive))
+        finally:
             self._busy = False
+            sess.seen_clicks = len(layer.data)
+
+    def _present_at(self, sess: LayerSession, i: int, obj: SegObject, xy: tuple[float, float] | None = None
+                    ) -> bool:
+        """Whether point ``i`` is one of ``obj``'s clicks (``xy``: that click only)."""
+        feats = sess.clicks.features
+        if "label" not in feats or "slice" not in feats:
+            return False
+        if int(feats["label"].iloc[i]) != obj.label or int(feats["slice"].iloc[i]) != (obj.slice or 0):
+            return False
+        px, py, _ = self._where(sess, i)
+        clicks = [xy] if xy is not None else [(x, y) for x, y, _ in obj.clicks]
+        return any(abs(px - x) < 1e-6 and abs(py - y) < 1e-6 for x, y in clicks)
+
+    def _layer_point(self, sess: LayerSession, obj: SegObject, x: float, y: float) -> np.ndarray:
+        """A click (image pixels, centres at +0.5) as a point in the clicks layer's data coordinates."""
+        img = np.array([y - 0.5, x - 0.5] if obj.slice is None else [obj.slice, y - 0.5, x - 0.5], dtype=float)
+        world = np.asarray(sess.image.data_to_world(img), dtype=float)
+        layer = sess.clicks
+        return np.asarray(layer.world_to_data(world[-layer.ndim:]), dtype=float)
 
     def remove_object_clicks(self, sess: LayerSession, label: int, z: int | None) -> None:
         """Delete the clicks of ``label`` on slice ``z`` (when the object is cleared)."""

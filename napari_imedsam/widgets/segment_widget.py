@@ -397,6 +397,9 @@ class SegmentWidget(QWidget):
             self.notifier.warning("Wait for the propagation to finish (or cancel it) before undo/redo.")
             return
         self.objects.history_step(redo)
+        sess = self.session()
+        if sess is not None and sess.clicks is not None:
+            self.clicks.match_store(sess)  # an undone click leaves the clicks layer too
 
     def undo(self) -> None:
         self._history_step(redo=False)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 #: (napari key, shown as, what it does)
 SHORTCUTS: tuple[tuple[str, str, str], ...] = (
-    ("Control-Z", "Ctrl+Z", "undo the last mask commit (box, clear, propagation)"),
+    ("Control-Z", "Ctrl+Z", "undo the last mask commit (box, click, clear, propagation)"),
     ("Control-Shift-Z", "Ctrl+Shift+Z", "redo"),
     ("Shift-N", "Shift+N", "start a new object (next free label id)"),
     ("Shift-X", "Shift+X", "clear the current object on this slice"),
