@@ -256,12 +256,16 @@ def _box_source(mask: np.ndarray, img: np.ndarray | None, ref: _Reference, s: Pr
     return core if int(core.sum()) >= s.min_area else mask
 
 
-def _stop(held: list[tuple[Step, str]], s: PropagationSettings, reason: str) -> tuple[list[Step], str]:
-    """When propagation stops holding doubtful slices (each with why it was doubtful): those it keeps (the
-    first, with ``keep_first_doubtful``) and why it stopped: the first dropped slice's doubt, else ``reason``."""
+def _stop(held: list[tuple[Step, str]], s: PropagationSettings, reason: str, final: bool = False
+          ) -> Generator[Step, None, str]:
+    """Propagation stops holding doubtful slices (each with why it was doubtful): yield those it keeps (the
+    first, with ``keep_first_doubtful``) and return why it stopped: ``reason`` when ``final`` (a hard rule,
+    the limit), else the first dropped slice's doubt, else ``reason``."""
     n = 1 if s.keep_first_doubtful else 0
+    for step, _ in held[:n]:
+        yield step
     dropped = held[n:]
-    return [step for step, _ in held[:n]], dropped[0][1] if dropped else reason
+    return dropped[0][1] if dropped and not final else reason
 
 
 def propagate(
@@ -299,9 +303,7 @@ def propagate(
     z, done = start + direction, 0
     while 0 <= z < n_slices and (until is None or (z - until) * direction <= 0):
         if s.limit is not None and done + len(held) >= s.limit:
-            kept, _ = _stop(held, s, "")
-            yield from kept
-            return f"reached the limit of {s.limit} slices"
+            return (yield from _stop(held, s, f"reached the limit of {s.limit} slices", final=True))
         box = _next_box(box_mask, s)
         logits = np.asarray(segment(z, box))
         mask = logits > 0
@@ -311,13 +313,9 @@ def propagate(
                 skipped.append(z)
                 z += direction
                 continue
-            kept, why = _stop(held, s, f"the mask vanished on slice {z}")
-            yield from kept
-            return why
+            return (yield from _stop(held, s, f"the mask vanished on slice {z}"))
         if s.max_growth is not None and area > s.max_growth * int(prev.sum()):
-            kept, why = _stop(held, s, f"the mask grew more than {s.max_growth:g}x on slice {z} (leak)")
-            yield from kept
-            return why
+            return (yield from _stop(held, s, f"the mask grew more than {s.max_growth:g}x on slice {z} (leak)"))
         img = np.asarray(image(z), dtype=np.float32) if image is not None else None
         sig = slice_signals(logits, mask, prev, ref, img, prev_mean)
         if low_area < ref.area:
@@ -331,9 +329,7 @@ def propagate(
         step = Step(z, mask, box, area, sig["stability"], direction, sig)
         why, hard = _failed_rule(sig, s)
         if hard:
-            kept, _ = _stop(held, s, "")
-            yield from kept
-            return f"{why} on slice {z}"
+            return (yield from _stop(held, s, f"{why} on slice {z}", final=True))
         if why is None:
             for h, _ in held:
                 yield h
@@ -344,9 +340,7 @@ def propagate(
         else:
             held.append((step, f"{why} on slice {z}"))
             if len(held) >= max(1, s.patience):
-                kept, why = _stop(held, s, held[-1][1])
-                yield from kept
-                return why
+                return (yield from _stop(held, s, held[-1][1]))
         prev, prev_mean, z = mask, sig.get("mean", prev_mean), z + direction
         low_area, low_contrast = min(low_area, area), min(low_contrast, sig.get("relative_contrast", low_contrast))
         if shift is not None:
@@ -356,8 +350,7 @@ def propagate(
                 dip_shift = shift if dip_shift is None else min(dip_shift, shift)
         box_mask = _box_source(mask, img, ref, s)
     if held:
-        kept, why = _stop(held, s, "")
-        yield from kept
+        why = yield from _stop(held, s, "")
         if why:
             return why
     if until is not None and 0 <= until < n_slices:

@@ -104,16 +104,19 @@ def _fusable(x: torch.Tensor) -> bool:
             and not (torch.is_grad_enabled() and x.requires_grad))
 
 
+def _conv_args(conv: nn.Conv2d) -> tuple:
+    return conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
+
+
 def _conv_gelu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """GELU(conv(x)) in one oneDNN call."""
-    args = (conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-    return torch.ops.mkldnn._convolution_pointwise(x, *args, "gelu", [], "none")
+    return torch.ops.mkldnn._convolution_pointwise(x, *_conv_args(conv), "gelu", [], "none")
 
 
 def _conv_add(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """conv(x) + residual in one oneDNN call (its binary post-op takes no GELU after it)."""
-    args = (conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-    return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", 1.0, None, [], None)
+    return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *_conv_args(conv), "add", 1.0, None, [],
+                                                          None)
 
 
 @cache

@@ -152,19 +152,29 @@ class ClickController(QObject):
             label = int(feats["label"].iloc[i]) if "label" in feats else 0
             if label and not any(self._present_at(sess, i, o) for o in objects):
                 stale.add(i)
+        self._remove_points(sess, stale)
         self._busy = True
         try:
-            if stale:
-                layer.selected_data = stale
-                layer.remove_selected()
             for obj in objects:
                 for x, y, positive in obj.clicks:
-                    if not any(self._present_at(sess, i, obj, (x, y)) for i in range(len(layer.data))):
+                    if not self._present(sess, obj, x, y):
                         layer.add(self._layer_point(sess, obj, x, y)[None])
                         self._set_features(sess, len(layer.data) - 1, obj.label, obj.slice, bool(positive))
         finally:
             self._busy = False
             sess.seen_clicks = len(layer.data)
+
+    def _remove_points(self, sess: LayerSession, idx: set[int]) -> None:
+        """Delete points ``idx`` of the clicks layer without re-segmenting their objects."""
+        if not idx:
+            return
+        self._busy = True
+        try:
+            sess.clicks.selected_data = idx
+            sess.clicks.remove_selected()
+            sess.seen_clicks = len(sess.clicks.data)
+        finally:
+            self._busy = False
 
     def _present_at(self, sess: LayerSession, i: int, obj: SegObject, xy: tuple[float, float] | None = None
                     ) -> bool:
@@ -190,13 +200,5 @@ class ClickController(QObject):
         if sess.clicks is None or not self.ctx.alive_layer(sess.clicks) or not len(sess.clicks.data):
             return
         feats = sess.clicks.features
-        idx = {i for i in range(len(feats)) if int(feats["label"].iloc[i]) == label
-               and int(feats["slice"].iloc[i]) == (z or 0)}
-        if idx:
-            self._busy = True
-            try:
-                sess.clicks.selected_data = idx
-                sess.clicks.remove_selected()
-                sess.seen_clicks = len(sess.clicks.data)
-            finally:
-                self._busy = False
+        self._remove_points(sess, {i for i in range(len(feats)) if int(feats["label"].iloc[i]) == label
+                                   and int(feats["slice"].iloc[i]) == (z or 0)})
