@@ -331,3 +331,45 @@ def test_files_written_before_the_bound_stay_unbounded():
     del data["residual_bound"]
     assert IMedSAMConfig.from_json(json.dumps(data)).residual_bound is None
     assert not cfg.architecture_differences(cfg.with_(residual_bound=None))  # same weights fit both
+
+
+def test_dense_positional_encoding_is_made_once_and_follows_its_matrix():
+    """The box decoder's dense PE (SAM's ``get_dense_pe``, a constant of the model) is cached, equals SAM's,
+    and is made again when the PE matrix changes (in place, or another device's copy)."""
+    decoder = build_model(default_config("tiny")).box_decoder
+    pe = decoder.dense_pe()
+    assert pe.is_contiguous() and decoder.dense_pe() is pe
+    assert torch.equal(pe, decoder.prompt_encoder.get_dense_pe())
+    with torch.no_grad():
+        decoder.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(2.0)
+    again = decoder.dense_pe()
+    assert again is not pe and not torch.equal(again, pe)
+    assert torch.equal(again, decoder.prompt_encoder.get_dense_pe())
+
+
+def test_uncertainty_threshold_equals_the_top_k_of_every_grid_point():
+    """The top-K cut is taken over the whole reference grid, the settled points (variance 0) sorted out
+    before the heads run: the same cut as the variance of every grid point."""
+    model = build_model(default_config("tiny", ugs_reference_grid=48, topk=0.3))
+    _perturb(model, ["inr"], scale=0.05)
+    images = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    valid = torch.tensor([[128.0, 128.0]])
+    with torch.no_grad():
+        feats = model.decode_box(model.encode(images), torch.tensor([[20.0, 30.0, 90.0, 100.0]]))
+        n = model.config.ugs_reference_grid
+        c = (torch.arange(n, dtype=torch.float32) + 0.5) * 128 / n
+        gy, gx = torch.meshgrid(c, c, indexing="ij")
+        pts = torch.stack([gx, gy], dim=-1).reshape(1, -1, 2)
+        for bound in (None, float(model.base_logit(feats, pts).abs().quantile(0.5))):  # none / half settled
+            model.config = model.config.with_(residual_bound=bound)
+            var = model.variance(feats, pts, valid)[0]
+            want = var.topk(round(0.3 * var.numel())).values[-1].clamp_min(1e-12)
+            assert want > 1e-12  # the cut falls on unsettled points: the test can tell a wrong one
+            sizes, real = [], model.variance
+            model.variance = lambda f, p, v, sizes=sizes, real=real: (sizes.append(p.shape[1]), real(f, p, v))[1]
+            try:
+                assert torch.equal(model.uncertainty_threshold(feats, valid)[0], want)
+            finally:
+                del model.variance
+            settled = model.settled(model.base_logit(feats, pts))
+            assert sum(sizes) == (pts.shape[1] if settled is None else int((~settled).sum()))

@@ -237,3 +237,32 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="not available"):
             resolve_device("cuda")
+
+
+def test_heads_run_in_chunks_of_unsettled_points_only(monkeypatch):
+    """The predictor sorts out the settled points (the backbone's logit beyond the bound) before chunking,
+    so each call of the heads holds only points they run on, and the values equal the model's own query
+    over all the points (logits and uncertainty)."""
+    model = perturbed(build_model(default_config("tiny")), seed=3)
+    pred = Predictor(model, device="cpu", chunk=256)
+    pred.set_image(disk_image(96))
+    box = (10, 10, 70, 80)
+    feats, tau = pred._prompt_state(box, None, None, None)
+    rng = np.random.default_rng(0)
+    xy = (rng.random((3000, 2)) * 96).astype(np.float32)
+    pts = torch.from_numpy(pred.transform_coords(xy))[None]
+    valid = torch.tensor([pred._prepared.valid_hw], dtype=torch.float32)
+    with torch.no_grad():
+        base = model.base_logit(feats, pts)
+        model.config = model.config.with_(residual_bound=float(base.abs().median()))  # half settled
+        settled = model.settled(base)[0].numpy()
+        want, want_var = model.query(feats, pts, valid, tau)
+    assert 0 < settled.sum() < len(xy)
+    sizes = []
+    real_query = model.query
+    monkeypatch.setattr(model, "query", lambda f, p, *a, **k: (sizes.append(p.shape[1]), real_query(f, p, *a, **k))[1])
+    got = pred._query(feats, tau, xy, "inr")
+    np.testing.assert_allclose(got, want[0].numpy(), atol=1e-6)
+    unsettled = int((~settled).sum())
+    assert sum(sizes) == unsettled and len(sizes) == -(-unsettled // pred._points_per_chunk())
+    np.testing.assert_allclose(pred._query(feats, tau, xy, "uncertainty"), want_var[0].numpy(), atol=1e-7)

@@ -21,7 +21,8 @@ from .prompts import make_prompt, mask_input
 from .render import OUTSIDE_LOGIT, RenderStats, pixel_centres, render_logits
 
 MAX_SIDE = 16384
-CHUNK_BYTES = 48 * 2**20  # activations of one model call over a chunk of query points
+CHUNK_BYTES = 24 * 2**20  # activations of one model call over a chunk of query points
+BACKBONE_CHUNK = 2**18  # points per call for the backbone's own logit (a bilinear lookup: 8 bytes a point)
 #: Working memory of one render per output pixel (logits, estimates, masks, interpolation temporaries, result).
 RENDER_BYTES_PER_PIXEL = 40
 #: Default bound on one request's working memory (``Predictor.max_request_bytes``): 4 GiB, ~10k x 10k pixels.
@@ -254,16 +255,34 @@ class Predictor:
 
     def _query(self, feats: BoxFeatures, tau, xy: np.ndarray, what: str, counts: dict | None = None
                ) -> np.ndarray:
+        """The model's values at image-pixel points xy (N, 2): "inr" logits, "uncertainty" or "backbone".
+
+        For the heads, the points whose answer is settled (``IMedSAM.settled``: the backbone's logit beyond
+        the correction's bound) are sorted out first, from the backbone's logit alone, so that the heads'
+        chunks hold only points they run on (an adaptive render's levels are mostly settled points: chunks
+        sized for the heads then held a few hundred each, and their per-call cost dominated). The values are
+        the same: every point's answer depends on that point alone."""
+        if what != "backbone" and len(xy):
+            base = self._query(feats, tau, xy, "backbone")
+            settled = self._model.settled(torch.from_numpy(base))
+            if settled is not None:
+                need = np.flatnonzero(~settled.numpy())
+                out = base if what == "inr" else np.zeros(len(xy), dtype=np.float32)
+                if need.size:
+                    out[need] = self._query_chunks(feats, tau, xy[need], what, counts)
+                return out
+        return self._query_chunks(feats, tau, xy, what, counts)
+
+    def _query_chunks(self, feats: BoxFeatures, tau, xy: np.ndarray, what: str, counts: dict | None = None
+                      ) -> np.ndarray:
         valid = torch.tensor([self._prepared.valid_hw], device=self.device, dtype=torch.float32)
         out = np.empty(len(xy), dtype=np.float32)
-        step = self._points_per_chunk()
+        step = BACKBONE_CHUNK if what == "backbone" else self._points_per_chunk()
         for s in range(0, len(xy), step):
             pts = self._points_to_input(xy[s : s + step]).unsqueeze(0)
             with torch.no_grad():
                 if what == "backbone":
-                    grid = (pts / self._model.image_size * 2 - 1).unsqueeze(2)
-                    val = torch.nn.functional.grid_sample(feats.lowres_logit, grid, mode="bilinear",
-                                                          padding_mode="border", align_corners=False)[0, 0, :, 0]
+                    val = self._model.base_logit(feats, pts)[0]
                 elif what == "uncertainty":
                     val = self._model.variance(feats, pts, valid)[0]
                 else:

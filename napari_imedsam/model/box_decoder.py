@@ -33,6 +33,7 @@ class BoxDecoder(nn.Module):
         super().__init__()
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        self._dense_pe: tuple[tuple, torch.Tensor] | None = None  # (what it was made from, the encoding)
 
     @property
     def upscaled_channels(self) -> int:
@@ -45,6 +46,20 @@ class BoxDecoder(nn.Module):
     def positional_encoding(self, coords01: torch.Tensor) -> torch.Tensor:
         """SAM's random-Fourier positional encoding at continuous coords (x, y) in [0, 1] of the input."""
         return self.prompt_encoder.pe_layer._pe_encoding(coords01.to(torch.float32))
+
+    def dense_pe(self) -> torch.Tensor:
+        """SAM's positional encoding of the embedding grid (1, C, h, w), contiguous. It depends only on the
+        prompt encoder's fixed random matrix (a buffer, never trained), so it is made once per device and
+        matrix instead of on every prompt (SAM's ``get_dense_pe``: 16 MiB of temporaries for LiteMedSAM's 64 x
+        64 grid); always in fp32, also under autocast."""
+        pe_layer = self.prompt_encoder.pe_layer
+        matrix = pe_layer.positional_encoding_gaussian_matrix
+        key = (matrix.device, matrix.data_ptr(), matrix._version, tuple(self.prompt_encoder.image_embedding_size))
+        if self._dense_pe is None or self._dense_pe[0] != key:
+            with torch.no_grad(), torch.autocast(matrix.device.type, enabled=False):
+                pe = pe_layer(self.prompt_encoder.image_embedding_size).unsqueeze(0).contiguous()
+            self._dense_pe = (key, pe)
+        return self._dense_pe[1]
 
     @property
     def mask_input_size(self) -> tuple[int, int]:
@@ -66,7 +81,7 @@ class BoxDecoder(nn.Module):
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat((output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
         src = embedding + dense
-        pos = self.prompt_encoder.get_dense_pe().expand(src.shape[0], -1, -1, -1)
+        pos = self.dense_pe().expand(src.shape[0], -1, -1, -1)
         b, c, h, w = src.shape
         hs, src = dec.transformer(src, pos, tokens)
         mask_token = hs[:, 1, :]  # single-mask output, as SAM with multimask_output=False
