@@ -88,3 +88,49 @@ def test_demo_help_is_quiet():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "imedsam-demo" in proc.stdout
     assert not our_warnings(proc.stderr), proc.stderr
+
+
+QUIT_WHILE_LOADING = """
+import sys
+import time
+from pathlib import Path
+
+import napari
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
+
+import napari_imedsam.engine.model_loading as model_loading
+
+marker = Path(sys.argv[1])
+real_load = model_loading.load
+
+
+def slow_load(*args, **kwargs):  # a model that takes a while to load (a slow disk, a first import)
+    time.sleep(2.0)
+    loaded = real_load(*args, **kwargs)
+    marker.write_text("loaded")
+    return loaded
+
+
+model_loading.load = slow_load
+viewer = napari.Viewer(show=True)
+viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment (I-MedSAM)")  # starts loading when shown
+QTimer.singleShot(300, viewer.close)
+QTimer.singleShot(600, QApplication.instance().quit)
+napari.run()
+print("quit cleanly")
+"""
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_quitting_while_the_model_loads_waits_for_it(tmp_path):
+    """Closing napari while the Segment widget still loads its model: quitting waits for the loading worker
+    instead of shutting Python down under it (which made Qt abort the process about 1 in 2 times)."""
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        pytest.skip("needs a display (pytest-xvfb provides one)")
+    marker = tmp_path / "loaded"
+    proc = _run([sys.executable, "-c", QUIT_WHILE_LOADING, str(marker)], timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "quit cleanly" in proc.stdout
+    assert marker.read_text() == "loaded"  # the worker ran to its end before the process exited

@@ -55,12 +55,26 @@ class WorkerTracker:
     Each job may name an ``alive`` check (its widget's): once it says False, the job's late results are
     ignored, and :meth:`quit_all` with that check quits only that widget's jobs."""
 
+    #: How long quitting the application waits for the running workers (a model still loading, a fine-tune
+    #: run saving its adapters) before Python shuts down under them.
+    DRAIN_MS = 60_000
+
     def __init__(self, notifier: Notifier):
         self.pool = QThreadPool()
         self.pool.setMaxThreadCount(max(2, QThread.idealThreadCount()))
         self.notifier = notifier
         self.running: dict = {}  # worker -> the alive check of the widget that started it
         self.timers: list[QTimer] = []  # debounce timers that count as pending work
+        app = QCoreApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.drain)
+
+    def drain(self, msecs: int | None = None) -> bool:
+        """Ask every running worker to stop and wait (up to ``msecs``, default ``DRAIN_MS``) until none runs;
+        True when all finished. Runs when the application quits: a worker still running while Python shuts
+        down (closing napari while the model loads) fails inside its thread, and Qt aborts the process."""
+        self.quit_all()
+        return self.pool.waitForDone(self.DRAIN_MS if msecs is None else msecs)
 
     def start(self, func: Callable[..., Any], *args: Any, desc: str = "", total: int = 0,
               on_return: Callable[[Any], None] | None = None,
