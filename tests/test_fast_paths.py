@@ -79,6 +79,22 @@ def test_litemedsam_fast_paths_fold_every_batchnorm():
     assert not backbone.training
 
 
+def _released_and_fused(released):
+    """A TinyViT convolution block in eval mode with BatchNorm statistics that matter once folded (the last
+    one starts at zero weight, which would make an MBConv GELU(x)), and its fast copy: folded, channels-last,
+    fused. Returns (released, fast, how many blocks were fused)."""
+    for m in released.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.normal_(m.weight)
+    released.eval()
+    fast = copy.deepcopy(released)
+    fast_paths.fold_batchnorm(fast)
+    fast.to(memory_format=fast_paths.TINYVIT_MEMORY_FORMAT)
+    return released, fast, fast_paths._fuse_conv_blocks(fast)
+
+
 def test_tinyvit_conv_blocks_fuse_their_gelus_exactly():
     """The fused MBConv / PatchMerging give the released blocks' output; where a gradient must flow through
     them (oneDNN's fused call has none), they run the released code."""
@@ -90,17 +106,9 @@ def test_tinyvit_conv_blocks_fuse_their_gelus_exactly():
     torch.manual_seed(0)
     blocks = [(MBConv(16, 16, 4.0, nn.GELU, 0.0), torch.randn(2, 16, 12, 12)),
               (PatchMerging((12, 12), 16, 32, nn.GELU), torch.randn(2, 144, 16))]
-    for released, x in blocks:
-        for m in released.modules():
-            if isinstance(m, nn.BatchNorm2d):  # statistics that matter once folded
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                nn.init.normal_(m.weight)
-        released.eval()
-        fast = copy.deepcopy(released)
-        fast_paths.fold_batchnorm(fast)
-        fast.to(memory_format=fast_paths.TINYVIT_MEMORY_FORMAT)
-        assert fast_paths._fuse_conv_blocks(fast) == 1 and type(fast) is not type(released)
+    for block, x in blocks:
+        released, fast, fused = _released_and_fused(block)
+        assert fused == 1 and type(fast) is not type(released)
         with torch.no_grad():
             y_ref = released(x)
             y = fast(x.contiguous(memory_format=fast_paths.TINYVIT_MEMORY_FORMAT) if x.ndim == 4 else x)
@@ -124,17 +132,8 @@ def test_tinyvit_mbconv_in_strips_equals_one_call(monkeypatch):
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN: the released blocks run")
     torch.manual_seed(1)
-    released = MBConv(16, 16, 4.0, nn.GELU, 0.0)
-    for m in released.modules():
-        if isinstance(m, nn.BatchNorm2d):  # the last one starts at zero weight: the block would be GELU(x)
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-            nn.init.normal_(m.weight)
-    released.eval()
-    fast = copy.deepcopy(released)
-    fast_paths.fold_batchnorm(fast)
-    fast.to(memory_format=fast_paths.TINYVIT_MEMORY_FORMAT)
-    fast_paths._fuse_conv_blocks(fast)
+    released, fast, fused = _released_and_fused(MBConv(16, 16, 4.0, nn.GELU, 0.0))
+    assert fused == 1
     x = torch.randn(2, 16, 21, 12).contiguous(memory_format=fast_paths.TINYVIT_MEMORY_FORMAT)
     row_bytes = 2 * 12 * 64 * 4  # batch x width x expanded channels x fp32
     with torch.no_grad():

@@ -306,9 +306,10 @@ class IMedSAM(nn.Module):
             var = torch.zeros(pts.shape[1], device=pts.device)
             settled = self.settled(self.base_logit(feats.index(i), pts))
             need = slice(None) if settled is None else ~settled[0]  # the settled points' variance is 0
-            if pts[:, need].shape[1]:  # chunks of points the heads run on: bounded memory for wide heads
-                var[need] = torch.cat([self.variance(feats.index(i), chunk, valid_hw[i : i + 1])[0].float()
-                                       for chunk in pts[:, need].split(4096, dim=1)])
+            todo = pts[:, need]
+            if todo.shape[1]:  # chunks of points the heads run on: bounded memory for wide heads
+                var[need] = torch.cat([self.variance(feats.index(i), chunk, valid_hw[i : i + 1])[0]
+                                       for chunk in todo.split(4096, dim=1)])
             k = max(1, int(round(self.config.topk * var.numel())))
             out.append(var.topk(k).values[-1].clamp_min(1e-12))
         return torch.stack(out)
