@@ -44,6 +44,8 @@ def test_speed_quick(tmp_path):
     for key in ("backbone", "image_size", "device", "plain", "adapted", "overhead", "target_met"):
         assert key in enc
     assert enc["plain"]["median_s"] > 0 and enc["adapted"]["median_s"] > 0
+    # the encoder's share of the matmul rate: one per repeat, the matmul timed in turn with the encoders
+    assert len(enc["encoder_shares"]) == enc["plain"]["repeats"] and enc["encoder_share"] > 0
     methods = {r["method"] for r in result["box_to_mask"]}
     assert {"backbone decoder + bilinear", "I-MedSAM adaptive", "I-MedSAM dense"} <= methods
     for r in result["box_to_mask"]:
@@ -53,6 +55,13 @@ def test_speed_quick(tmp_path):
             assert 0.0 <= r["dice_vs_dense"] <= 1.0
     assert {4} <= {r["scale"] for r in result["box_to_mask"]}
     assert any(r.get("target_met") is not None for r in result["view"])
+    # the allocation peak of a fresh box and of a cached one, measured in a fresh process
+    if sys.platform.startswith("linux"):
+        probe = result["render_setting"]["allocation_peak"]
+        assert [r["scale"] for r in probe["rows"]] == [1, 4]
+        for r in probe["rows"]:
+            assert r["fresh_box_mib"] > 0 and r["box_cached_mib"] > 0
+        assert any("peak memory" in t["target"] for t in result["targets"])
     for r in result["finetune"]:
         assert r["median_s"] > 0 and r["backbone"] == "tiny"
     for t in result["targets"]:
