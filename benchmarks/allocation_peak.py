@@ -30,13 +30,12 @@ def measure_peaks(backbone: str, size: int, scales: Sequence[int], repeats: int)
     render) and with the box cached (render only), per output scale, on the speed benchmark's test image."""
     import torch
 
-    from benchmarks.common import MiB, PeakMemory
+    from benchmarks.common import MiB, PeakMemory, box_test_image
     from napari_imedsam import Predictor, load_model
     from src_training.data.boxes import mask_to_box
-    from src_training.synthetic import synthetic_scene
 
     dev = torch.device("cpu")
-    image, mask = synthetic_scene(0, 3).render((size, size))
+    image, mask = box_test_image(size)
     box = mask_to_box(mask)
     pred = Predictor(load_model(backbone), device=dev)
     pred.set_image(image)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -190,6 +191,15 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.devi
                     prev = out[name].peak
                     out[name].peak = mem.peak if prev is None else max(prev, mem.peak)
     return out
+
+
+# ---- test data -------------------------------------------------------------------------------------------
+def box_test_image(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The box -> mask rows' image: a synthetic textured object (scene 3 of family 0: ~4 % of the image) and
+    its exact mask, ``size`` x ``size``."""
+    from src_training.synthetic import synthetic_scene
+
+    return synthetic_scene(0, 3).render((size, size))
 
 
 # ---- machine ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from .allocation_peak import allocation_peaks
 from .common import (
     autocast,
     base_parser,
+    box_test_image,
     devices_for,
     fmt,
     machine_info,
@@ -83,7 +84,7 @@ def _encoder_case(backbone: str, size: int, dev: torch.device, repeats: int) -> 
         with torch.no_grad(), autocast(dev):
             model.encode(x)
 
-    gemm = _gemm(dev)
+    gemm = _Gemm(torch.rand(4096, 1024, device=dev), torch.rand(1024, 1024, device=dev))
     with section(f"encoder {backbone} {size} on {dev.type}"):
         # the matmul is timed in turn with the encoders, so that each repeat's share compares the two under the
         # same load of the machine (its rate alone moved by 20 % between rows of one run on a shared CPU)
@@ -135,10 +136,6 @@ class _Gemm:
     def run(self) -> None:
         for _ in range(self.calls):
             self.a @ self.b
-
-
-def _gemm(dev: torch.device) -> _Gemm:
-    return _Gemm(torch.rand(4096, 1024, device=dev), torch.rand(1024, 1024, device=dev))
 
 
 def _encoder_share(model, x: torch.Tensor, encoder_s: Sequence[float], gemm_s: Sequence[float],
@@ -241,13 +238,6 @@ def share_table(rows: list[dict]) -> str:
 
 
 # ---- 2. box -> mask and 3. view rendering -----------------------------------------------------------------
-def _test_image(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic textured object (scene 3 of family 0: ~4 % of the image) with its exact mask."""
-    from src_training.synthetic import synthetic_scene
-
-    return synthetic_scene(0, 3).render((size, size))
-
-
 def _head_name(backbone: str) -> str:
     from napari_imedsam.model.build import default_adapters_path
 
@@ -264,7 +254,7 @@ def render_rows(devices: Sequence[torch.device], quick: bool, repeats: int) -> t
 
     backbone, size = ("tiny", 48) if quick else ("litemedsam", 512)
     model = load_model(backbone)
-    image, mask = _test_image(size)
+    image, mask = box_test_image(size)
     box = mask_to_box(mask)
     setting = {"backbone": backbone, "head": _head_name(backbone), "image": f"synthetic {size}x{size}",
                "box": [float(v) for v in box], "object_pixels": int(mask.sum())}
